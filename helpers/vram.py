@@ -1,0 +1,422 @@
+"""VRAM estimator for fine-tuning: model shape + training plan -> a per-component breakdown.
+
+The estimate is meant to be checked against a GPU later, so it keeps two totals apart:
+``allocated_bytes`` (tensors only, comparable with ``torch.cuda.max_memory_allocated()``) and
+``total_bytes`` (adds allocator fragmentation and the CUDA context, comparable with nvidia-smi).
+All components are summed as if they peaked together: a slight upper bound on the true peak.
+
+Assumptions and constants (bytes; 1 GB here = 2**30 bytes, as nvidia-smi/torch report it):
+
+* Weights: lora -> every parameter in ``dtype`` (2 B for fp16/bf16, 4 B for fp32). qlora ->
+  the q/k/v/o/gate/up/down weight matrices in NF4 with double quantisation,
+  4 + 8/64 + 32/(64*256) ≈ 4.127 bits/param (QLoRA paper, Dettmers et al. 2023); embeddings,
+  lm_head, norms and biases stay in ``dtype`` (TRL's SFTTrainer no longer calls peft's
+  ``prepare_model_for_kbit_training``, which would upcast them to fp32). full -> mixed precision:
+  fp32 master weights (4 B) + the 16-bit copies autocast saves for backward (2 B), fp32
+  gradients (4 B) and AdamW states (8 B): 18 B/param (the classic figure, without the autocast
+  copies, is 16 B/param).
+* LoRA adapters: r*(in+out) params per adapted linear per layer, kept in fp32 (peft's
+  ``autocast_adapter_dtype``), fp32 gradients (4 B/param).
+* Optimizer: AdamW keeps two fp32 moments, 8 B/param; bitsandbytes 8-bit AdamW 2 B/param
+  (its fp32 fallback for tensors < 4096 elements is ignored); "paged" states are counted on GPU.
+* Activations, per token per layer, after Korthikanti et al. 2022 "Reducing Activation
+  Recomputation in Large Transformer Models" (their 34*h + 5*a*s bytes for GPT with dropout),
+  re-derived for a Llama/Qwen block with no dropout, RMSNorm, GQA and SwiGLU; ``a`` = dtype bytes:
+  each RMSNorm keeps its fp32 input (4*d); q/k/v input a*d; q, k, v for attention
+  a*(h*hd + 2*kv*hd); attention output a*h*hd; SDPA log-sum-exp 4*h; MLP input a*d;
+  gate, up, silu(gate), product a*4*I. eager attention adds h*s*(4 + a) (fp32 softmax output and
+  its 16-bit copy). Each LoRA module adds a*(in + r), plus a 1-byte dropout mask per input
+  element when lora_dropout > 0. With gradient checkpointing only each layer's input (a*d) is
+  kept, plus one layer's full activations during recompute.
+* Logits: batch*seq*vocab elements held as 16-bit lm_head output (a) + fp32 log-probs for the
+  loss (4) + their fp32 gradient (4); large for 150k-262k vocabularies.
+* CUDA context ≈ 0.75 GB (CUDA runtime + cuBLAS/cuDNN kernels; varies 0.3-1 GB by GPU/driver)
+  and fragmentation = 10 % of allocated (reserved minus allocated in PyTorch's caching allocator).
+  bitsandbytes' transient dequantised weight (one matrix) and the autocast cache are left to it.
+
+Example::
+
+    >>> from helpers.vram import KNOWN_SHAPES, TrainingPlan, estimate_vram
+    >>> plan = TrainingPlan("qlora", seq_len=1024, batch_size=4, gradient_checkpointing=True,
+    ...                     optimizer="paged_adamw_8bit", dtype="float16")
+    >>> est = estimate_vram(KNOWN_SHAPES["Qwen/Qwen2.5-1.5B-Instruct"], plan)
+    >>> est.fits(15.0)
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+GB = 1024**3  # bytes; nvidia-smi's "MiB" and torch both count in powers of two
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+NF4_DQ_BITS = 4 + 8 / 64 + 32 / (64 * 256)  # ≈ 4.127 bits/param, NF4 + double quant
+FP32 = 4  # bytes: LoRA adapters, their grads, RMSNorm inputs, loss log-probs
+OPTIMIZER_BYTES_PER_PARAM = {  # state bytes per trainable parameter
+    "adamw_torch": 8,
+    "adamw_torch_fused": 8,
+    "adamw_hf": 8,
+    "paged_adamw_32bit": 8,
+    "adamw_8bit": 2,
+    "adamw_bnb_8bit": 2,
+    "paged_adamw_8bit": 2,
+    "sgd": 0,
+}
+LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+METHODS = ("full", "lora", "qlora")
+ATTENTIONS = ("sdpa", "eager")
+
+
+def _get(config: Any, key: str, default: Any = None) -> Any:
+    """Read ``key`` from a dict or a config object, None-valued entries counting as missing."""
+    value = config.get(key) if isinstance(config, Mapping) else getattr(config, key, None)
+    return default if value is None else value
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The numbers of a decoder-only (Llama/Qwen2/Gemma3-style) model that drive memory."""
+
+    name: str
+    hidden_size: int  # d
+    num_layers: int  # L
+    num_heads: int  # h
+    num_kv_heads: int  # kv (GQA)
+    head_dim: int  # hd
+    intermediate_size: int  # I (SwiGLU)
+    vocab_size: int  # V
+    tie_word_embeddings: bool
+    attention_bias: bool  # q/k/v bias (Qwen2)
+    norms_per_layer: int = 2  # Gemma3: 4 (input, post_attn, pre_ffw, post_ffw)
+    qk_norm: bool = False  # Gemma3/Qwen3: RMSNorm of head_dim on q and k
+
+    @classmethod
+    def from_config(cls, config: Any, name: str | None = None) -> ModelShape:
+        """Build from a transformers PretrainedConfig or a config.json dict (nested text_config)."""
+        outer = config
+        text = _get(config, "text_config")
+        if text is not None:
+            config = text
+        model_type = str(_get(config, "model_type", _get(outer, "model_type", "")))
+        heads = int(_get(config, "num_attention_heads"))
+        hidden = int(_get(config, "hidden_size"))
+        is_gemma3 = model_type.startswith("gemma3")
+        return cls(
+            name=name or _get(outer, "_name_or_path") or _get(outer, "name_or_path") or model_type,
+            hidden_size=hidden,
+            num_layers=int(_get(config, "num_hidden_layers")),
+            num_heads=heads,
+            num_kv_heads=int(_get(config, "num_key_value_heads", heads)),
+            head_dim=int(_get(config, "head_dim", hidden // heads)),
+            intermediate_size=int(_get(config, "intermediate_size")),
+            vocab_size=int(_get(config, "vocab_size")),
+            tie_word_embeddings=bool(
+                _get(outer, "tie_word_embeddings", _get(config, "tie_word_embeddings", True))
+            ),
+            attention_bias=model_type == "qwen2" or bool(_get(config, "attention_bias", False)),
+            norms_per_layer=4 if is_gemma3 else 2,
+            qk_norm=is_gemma3 or model_type.startswith("qwen3"),
+        )
+
+    def linear_shapes(self) -> dict[str, tuple[int, int]]:
+        """(in_features, out_features) of each linear layer in one decoder block."""
+        d, i = self.hidden_size, self.intermediate_size
+        q, kv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        return {
+            "q_proj": (d, q),
+            "k_proj": (d, kv),
+            "v_proj": (d, kv),
+            "o_proj": (q, d),
+            "gate_proj": (d, i),
+            "up_proj": (d, i),
+            "down_proj": (i, d),
+        }
+
+    def param_counts(self) -> dict[str, int]:
+        """Parameter counts: embedding, per-layer attention and mlp, all norms, lm_head, total."""
+        lin = self.linear_shapes()
+        sizes = {name: n_in * n_out for name, (n_in, n_out) in lin.items()}
+        attention = sum(sizes[n] for n in ("q_proj", "k_proj", "v_proj", "o_proj"))
+        if self.attention_bias:  # biases on q, k, v only
+            attention += lin["q_proj"][1] + lin["k_proj"][1] + lin["v_proj"][1]
+        mlp = sizes["gate_proj"] + sizes["up_proj"] + sizes["down_proj"]
+        per_layer_norms = self.norms_per_layer * self.hidden_size + 2 * self.head_dim * self.qk_norm
+        norms = self.num_layers * per_layer_norms + self.hidden_size  # + final norm
+        embedding = self.vocab_size * self.hidden_size
+        lm_head = 0 if self.tie_word_embeddings else embedding
+        total = embedding + self.num_layers * (attention + mlp) + norms + lm_head
+        return {
+            "embedding": embedding,
+            "attention_per_layer": attention,
+            "mlp_per_layer": mlp,
+            "norms": norms,
+            "lm_head": lm_head,
+            "total": total,
+        }
+
+
+def _qwen25(
+    name: str, d: int, layers: int, heads: int, kv: int, inter: int, vocab: int, tied: bool
+):
+    return ModelShape(name, d, layers, heads, kv, d // heads, inter, vocab, tied, True)
+
+
+KNOWN_SHAPES: dict[str, ModelShape] = {  # values from each model's config.json on the hub
+    s.name: s
+    for s in (
+        _qwen25("Qwen/Qwen2.5-0.5B-Instruct", 896, 24, 14, 2, 4864, 151936, True),
+        _qwen25("Qwen/Qwen2.5-1.5B-Instruct", 1536, 28, 12, 2, 8960, 151936, True),
+        _qwen25("Qwen/Qwen2.5-3B-Instruct", 2048, 36, 16, 2, 11008, 151936, True),
+        _qwen25("Qwen/Qwen2.5-7B-Instruct", 3584, 28, 28, 4, 18944, 152064, False),
+        ModelShape("google/gemma-3-270m", 640, 18, 4, 1, 256, 2048, 262144, True, False, 4, True),
+    )
+}
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """What is trained and how: method, tokens per step, precision, optimizer, LoRA settings."""
+
+    method: str  # "full" | "lora" | "qlora"
+    seq_len: int  # tokens per sample (padded/packed length)
+    batch_size: int  # samples per device per micro-step
+    gradient_checkpointing: bool = False
+    optimizer: str = "adamw_torch"  # a transformers `optim` name
+    dtype: str = "bfloat16"  # compute dtype
+    lora_r: int = 16
+    target_modules: str | tuple[str, ...] = "all-linear"
+    attention: str = "sdpa"  # "sdpa"/flash: no s*s scores kept; "eager": scores kept
+    lora_dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.target_modules, str):
+            object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        tm, known = self.target_modules, ", ".join(OPTIMIZER_BYTES_PER_PARAM)
+        modules_ok = tm == "all-linear" or (bool(tm) and set(tm) <= set(LINEAR_NAMES))
+        for ok, message in [
+            (self.method in METHODS, f"method must be one of {METHODS}, got {self.method!r}"),
+            (self.seq_len > 0, f"seq_len must be > 0, got {self.seq_len}"),
+            (self.batch_size > 0, f"batch_size must be > 0, got {self.batch_size}"),
+            (
+                self.optimizer in OPTIMIZER_BYTES_PER_PARAM,
+                f"unknown optimizer {self.optimizer!r}; known: {known}",
+            ),
+            (self.dtype in DTYPE_BYTES, f"dtype must be one of {tuple(DTYPE_BYTES)}"),
+            (self.attention in ATTENTIONS, f"attention must be one of {ATTENTIONS}"),
+            (self.method == "full" or self.lora_r > 0, f"lora_r must be > 0, got {self.lora_r}"),
+            (0.0 <= self.lora_dropout < 1.0, "lora_dropout must be in [0, 1)"),
+            (
+                modules_ok,
+                f"target_modules must be 'all-linear' or names from {LINEAR_NAMES}, got {tm!r}",
+            ),
+        ]:
+            if not ok:
+                raise ValueError(message)
+
+    @classmethod
+    def from_profile(cls, profile: Any) -> TrainingPlan:
+        """The plan a helpers.profiles.Profile trains with."""
+        return cls(
+            method=profile.method,
+            seq_len=profile.max_length,
+            batch_size=profile.per_device_batch_size,
+            gradient_checkpointing=profile.gradient_checkpointing,
+            optimizer=profile.optimizer,
+            dtype=profile.dtype,
+            lora_r=profile.lora_r,
+            target_modules=profile.target_modules,
+            lora_dropout=getattr(profile, "lora_dropout", 0.0),
+        )
+
+    def adapted_modules(self) -> tuple[str, ...]:
+        """Linear layers that get a LoRA adapter (none for full fine-tuning)."""
+        if self.method == "full":
+            return ()
+        return LINEAR_NAMES if self.target_modules == "all-linear" else self.target_modules
+
+
+def _row(component: str, nbytes: int, explanation: str) -> dict[str, Any]:
+    return {"component": component, "bytes": nbytes, "GB": nbytes / GB, "explanation": explanation}
+
+
+EXPLANATIONS = {
+    "weights": "Base model weights (16-bit; NF4 linears for QLoRA; fp32 master + 16-bit for full)",
+    "adapter_weights": "LoRA A/B matrices in fp32",
+    "gradients": "Gradients of the trainable parameters, fp32",
+    "optimizer_states": "Optimizer state (AdamW: 2 fp32 moments = 8 B/param; 8-bit: 2 B/param)",
+    "activations": "Tensors saved for backward (Korthikanti et al. 2022, adapted to GQA/SwiGLU)",
+    "logits": "batch x seq x vocab: lm_head output (dtype) + fp32 log-probs + their gradient",
+    "fragmentation": "PyTorch caching-allocator reserve not handed out (reserved - allocated)",
+    "cuda_context": "CUDA runtime and kernels (not in max_memory_allocated, seen by nvidia-smi)",
+}
+
+
+@dataclass(frozen=True)
+class VramEstimate:
+    """Estimated peak GPU memory of one training step, in bytes per component."""
+
+    shape: ModelShape
+    plan: TrainingPlan
+    trainable_params: int  # count, not bytes
+    weights: int
+    adapter_weights: int
+    gradients: int
+    optimizer_states: int
+    activations: int
+    logits: int
+    fragmentation: int
+    cuda_context: int
+
+    @property
+    def allocated_bytes(self) -> int:
+        """Tensor memory: compare with torch.cuda.max_memory_allocated()."""
+        return sum(getattr(self, k) for k in list(EXPLANATIONS)[:6])
+
+    @property
+    def reserved_bytes(self) -> int:
+        """Allocated plus fragmentation: compare with torch.cuda.max_memory_reserved()."""
+        return self.allocated_bytes + self.fragmentation
+
+    @property
+    def total_bytes(self) -> int:
+        """Everything, CUDA context included: compare with nvidia-smi's used memory."""
+        return self.reserved_bytes + self.cuda_context
+
+    @property
+    def total_gb(self) -> float:
+        """total_bytes in GB (2**30 bytes)."""
+        return self.total_bytes / GB
+
+    def fits(self, vram_gb: float) -> bool:
+        """True when the total fits a GPU with ``vram_gb`` GB (nvidia-smi's total / 1024)."""
+        return self.total_bytes <= vram_gb * GB
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per component: component, bytes, GB, explanation."""
+        return [_row(k, getattr(self, k), e) for k, e in EXPLANATIONS.items()]
+
+    def to_frame(self):  # -> pandas.DataFrame
+        """The breakdown as a DataFrame (component, GB, explanation) with the two totals."""
+        import pandas as pd
+
+        rows = self.rows() + [
+            _row("allocated", self.allocated_bytes, "Sum of tensors: ~ max_memory_allocated"),
+            _row("total", self.total_bytes, "Allocated + fragmentation + context: ~ nvidia-smi"),
+        ]
+        return pd.DataFrame(rows)[["component", "GB", "explanation"]].round({"GB": 3})
+
+    def compare_with_measured(self, measured_peak_allocated_bytes: int) -> dict[str, float]:
+        """Estimate vs a measured torch.cuda.max_memory_allocated(): ratio and difference."""
+        if measured_peak_allocated_bytes <= 0:
+            raise ValueError("measured_peak_allocated_bytes must be > 0 (bytes, not GB)")
+        diff = self.allocated_bytes - measured_peak_allocated_bytes
+        return {
+            "estimated_gb": self.allocated_bytes / GB,
+            "measured_gb": measured_peak_allocated_bytes / GB,
+            "difference_gb": diff / GB,  # > 0: the estimate is conservative
+            "ratio": self.allocated_bytes / measured_peak_allocated_bytes,
+        }
+
+
+def _activations_per_token_layer(shape: ModelShape, plan: TrainingPlan) -> int:
+    """Bytes one decoder layer saves for backward per token (no checkpointing)."""
+    a = DTYPE_BYTES[plan.dtype]
+    d, i, h = shape.hidden_size, shape.intermediate_size, shape.num_heads
+    q, kv = h * shape.head_dim, shape.num_kv_heads * shape.head_dim
+    total = shape.norms_per_layer * FP32 * d  # each RMSNorm keeps its fp32 input
+    total += a * d + a * (q + 2 * kv) + a * q + FP32 * h  # qkv input, q/k/v, attn out, lse
+    total += FP32 * (q + kv) * shape.qk_norm  # q_norm / k_norm inputs
+    total += a * d + 4 * a * i  # mlp input; gate, up, silu(gate), gate*up
+    if plan.attention == "eager":
+        total += h * plan.seq_len * (FP32 + a)  # fp32 softmax output + its 16-bit copy
+    lin = shape.linear_shapes()
+    for name in plan.adapted_modules():  # LoRA: 16-bit input copy + r-dim A output (+ mask)
+        n_in = lin[name][0]
+        total += a * (n_in + plan.lora_r) + (n_in if plan.lora_dropout > 0 else 0)
+    return total
+
+
+def estimate_vram(
+    shape: ModelShape,
+    plan: TrainingPlan,
+    *,
+    cuda_context_gb: float = 0.75,
+    fragmentation: float = 0.10,
+) -> VramEstimate:
+    """Estimate the peak VRAM of one training micro-step of ``plan`` on a model of ``shape``."""
+    if cuda_context_gb < 0 or fragmentation < 0:
+        raise ValueError("cuda_context_gb and fragmentation must be >= 0")
+    a = DTYPE_BYTES[plan.dtype]
+    n_params, lin = shape.param_counts()["total"], shape.linear_shapes()
+    tokens = plan.batch_size * plan.seq_len
+    if plan.method == "full":
+        trainable, adapter = n_params, 0
+        weights = n_params * (FP32 + (a if a < FP32 else 0))  # fp32 master + autocast copies
+    else:  # r*(in+out) per adapted module per layer
+        trainable = shape.num_layers * sum(
+            plan.lora_r * sum(lin[m]) for m in plan.adapted_modules()
+        )
+        adapter = trainable * FP32
+        weights = n_params * a
+        if plan.method == "qlora":  # the linear weight matrices in NF4, the rest in dtype
+            n_quant = shape.num_layers * sum(i * o for i, o in lin.values())
+            weights = round(n_quant * NF4_DQ_BITS / 8) + (n_params - n_quant) * a
+    per_layer = _activations_per_token_layer(shape, plan)
+    if plan.gradient_checkpointing:  # layer inputs + one layer recomputed in backward
+        layers = shape.num_layers * a * shape.hidden_size + per_layer
+    else:
+        layers = shape.num_layers * per_layer
+    parts = {
+        "weights": weights,
+        "adapter_weights": adapter,
+        "gradients": trainable * FP32,
+        "optimizer_states": trainable * OPTIMIZER_BYTES_PER_PARAM[plan.optimizer],
+        "activations": tokens * (layers + (FP32 + a) * shape.hidden_size),  # + final norm
+        "logits": tokens * shape.vocab_size * (a + 2 * FP32),
+    }
+    return VramEstimate(
+        shape=shape,
+        plan=plan,
+        trainable_params=trainable,
+        fragmentation=round(sum(parts.values()) * fragmentation),
+        cuda_context=round(cuda_context_gb * GB),
+        **parts,
+    )
+
+
+def estimate_for_profile(
+    profile: Any, shape: ModelShape | None = None, **kwargs: Any
+) -> VramEstimate:
+    """Estimate for a helpers.profiles.Profile; ``shape`` defaults to KNOWN_SHAPES[model_id]."""
+    if shape is None:
+        if profile.model_id not in KNOWN_SHAPES:
+            raise KeyError(
+                f"No known shape for {profile.model_id!r} (known: {', '.join(KNOWN_SHAPES)}). "
+                "Pass shape=ModelShape.from_config(AutoConfig.from_pretrained(...)) "
+                "or ModelShape.from_config(model.config)."
+            )
+        shape = KNOWN_SHAPES[profile.model_id]
+    return estimate_vram(shape, TrainingPlan.from_profile(profile), **kwargs)
+
+
+def plot_breakdown(estimates: dict[str, VramEstimate], vram_gb: float | None = None, ax=None):
+    """Horizontal stacked bars (GB per component) per plan; a vertical line at ``vram_gb``."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(9, 0.6 * len(estimates) + 1.8))
+    labels = list(estimates)
+    left = [0.0] * len(labels)
+    colors = plt.get_cmap("tab10").colors
+    for component, color in zip(EXPLANATIONS, colors, strict=False):
+        widths = [getattr(estimates[label], component) / GB for label in labels]
+        ax.barh(labels, widths, left=left, color=color, label=component)
+        left = [x + w for x, w in zip(left, widths, strict=True)]
+    if vram_gb is not None:
+        ax.axvline(vram_gb, color="black", linestyle="--", label=f"GPU VRAM {vram_gb:g} GB")
+    ax.set_xlabel("GB (2**30 bytes)")
+    ax.invert_yaxis()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")  # outside the bars
+    return ax
