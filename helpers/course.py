@@ -1,0 +1,160 @@
+"""Run the course headless: execute every notebook in order and write a summary.
+
+``make course`` calls this. Each run writes ``runs/<UTC timestamp>/`` with the executed
+notebooks, ``summary.md`` and ``summary.json`` (per notebook: status, minutes, key figures).
+Notebooks report key figures with :func:`record_figure`.
+
+    python -m helpers.course                 # every notebook in notebooks/
+    python -m helpers.course --only 00 01    # a subset, by number prefix
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FIGURES_ENV_VAR = "COURSE_FIGURES_FILE"
+
+
+def record_figure(name: str, value: object) -> object:
+    """Report a key figure of this notebook to ``make course``'s summary; returns ``value``.
+
+    Outside a course run (``COURSE_FIGURES_FILE`` unset) it only returns the value.
+    """
+    target = os.environ.get(FIGURES_ENV_VAR)
+    if target:
+        with open(target, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"name": name, "value": value}, default=str) + "\n")
+    return value
+
+
+@dataclass
+class NotebookResult:
+    """What happened to one notebook in a course run."""
+
+    notebook: str
+    status: str  # "ok" or "failed"
+    minutes: float
+    figures: dict = field(default_factory=dict)
+    error: str = ""
+
+
+def course_notebooks(notebooks_dir: Path, only: list[str] | None = None) -> list[Path]:
+    """The course notebooks in order (solutions excluded), optionally filtered by prefix."""
+    paths = sorted(notebooks_dir.glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        paths = [p for p in paths if any(p.name.startswith(prefix) for prefix in only)]
+    return paths
+
+
+def _error_summary(exc: Exception) -> str:
+    """The last line of a cell error: what a reader of the summary needs first."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else type(exc).__name__
+
+
+def execute_notebook(path: Path, out_dir: Path, timeout: int = 3600) -> NotebookResult:
+    """Execute one notebook with its own kernel; save the executed copy into ``out_dir``."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    figures_file = out_dir / f"{path.stem}.figures.jsonl"
+    figures_file.unlink(missing_ok=True)
+    os.environ[FIGURES_ENV_VAR] = str(figures_file)  # inherited by the kernel
+    notebook = nbformat.read(path, as_version=4)
+    client = NotebookClient(
+        notebook,
+        timeout=timeout,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(path.parent)}},
+    )
+    start = time.perf_counter()
+    status, error = "ok", ""
+    try:
+        client.execute()
+    except Exception as exc:  # a failing cell: record it, keep the partial notebook
+        status, error = "failed", _error_summary(exc)
+    finally:
+        os.environ.pop(FIGURES_ENV_VAR, None)
+    minutes = (time.perf_counter() - start) / 60
+    nbformat.write(notebook, out_dir / path.name)
+    figures = {}
+    if figures_file.exists():
+        for line in figures_file.read_text(encoding="utf-8").splitlines():
+            item = json.loads(line)
+            figures[item["name"]] = item["value"]
+        figures_file.unlink()
+    return NotebookResult(path.stem, status, round(minutes, 2), figures, error)
+
+
+def write_summary(results: list[NotebookResult], out_dir: Path, profile: str) -> Path:
+    """Write summary.json and summary.md; return the Markdown file's path."""
+    (out_dir / "summary.json").write_text(
+        json.dumps({"profile": profile, "notebooks": [asdict(r) for r in results]}, indent=2),
+        encoding="utf-8",
+    )
+    lines = [
+        f"# Course run ({profile})",
+        "",
+        "| notebook | status | minutes | key figures |",
+        "|---|---|---|---|",
+    ]
+    for r in results:
+        figures = "; ".join(f"{k}={v}" for k, v in r.figures.items())
+        detail = f"{figures} {r.error}".strip()
+        lines.append(f"| {r.notebook} | {r.status} | {r.minutes:.2f} | {detail} |")
+    path = out_dir / "summary.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def run_course(
+    notebooks_dir: Path = REPO_ROOT / "notebooks",
+    runs_dir: Path = REPO_ROOT / "runs",
+    only: list[str] | None = None,
+    timeout: int = 3600,
+) -> tuple[Path, list[NotebookResult]]:
+    """Execute the course notebooks in order; return the run directory and the results."""
+    from helpers.profiles import active_profile
+
+    profile = active_profile().name
+    # Kernels start as "python": make that this interpreter (the venv's), wherever we run.
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
+    paths = course_notebooks(notebooks_dir, only)
+    if not paths:
+        raise FileNotFoundError(f"No notebooks matching {only or '*'} in {notebooks_dir}")
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    out_dir = runs_dir / stamp
+    out_dir.mkdir(parents=True, exist_ok=False)
+    print(f"Course run on profile {profile!r}: {len(paths)} notebook(s) -> {out_dir}")
+    results = []
+    for i, path in enumerate(paths, 1):
+        print(f"[{i}/{len(paths)}] {path.name} ...", flush=True)
+        result = execute_notebook(path, out_dir, timeout)
+        print(f"    {result.status} in {result.minutes:.2f} min {result.error}", flush=True)
+        results.append(result)
+    summary = write_summary(results, out_dir, profile)
+    print(summary.read_text(encoding="utf-8"))
+    return out_dir, results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry: run the course; exit 1 if any notebook failed."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="*", help="notebook number prefixes, e.g. 00 03")
+    parser.add_argument("--runs-dir", type=Path, default=REPO_ROOT / "runs")
+    parser.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
+    args = parser.parse_args(argv)
+    _, results = run_course(runs_dir=args.runs_dir, only=args.only, timeout=args.timeout)
+    return 0 if all(r.status == "ok" for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""The headless course runner behind `make course`: order, statuses, figures and summary."""
+
+import json
+
+import nbformat
+import pytest
+
+from helpers import course
+
+
+def _notebook(path, *sources):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(src) for src in sources]
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nbformat.write(nb, path)
+
+
+def test_record_figure_outside_a_run_only_returns_the_value(monkeypatch):
+    monkeypatch.delenv(course.FIGURES_ENV_VAR, raising=False)
+    assert course.record_figure("x", 3) == 3
+
+
+def test_course_notebooks_are_ordered_and_exclude_solutions(tmp_path):
+    for name in ["01_b.ipynb", "00_a.ipynb", "notes.ipynb"]:
+        _notebook(tmp_path / name, "1")
+    (tmp_path / "solutions").mkdir()
+    _notebook(tmp_path / "solutions" / "00_a_solutions.ipynb", "1")
+    assert [p.name for p in course.course_notebooks(tmp_path)] == ["00_a.ipynb", "01_b.ipynb"]
+    assert [p.name for p in course.course_notebooks(tmp_path, ["01"])] == ["01_b.ipynb"]
+
+
+def test_run_course_writes_executed_notebooks_and_a_summary(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_PROFILE", "tiny")
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    _notebook(
+        nbs / "00_ok.ipynb",
+        "from helpers.course import record_figure\nrecord_figure('answer', 6 * 7)",
+    )
+    _notebook(nbs / "01_fails.ipynb", "assert 1 + 1 == 3, 'arithmetic is broken'")
+    out_dir, results = course.run_course(nbs, tmp_path / "runs", timeout=120)
+
+    assert [(r.notebook, r.status) for r in results] == [("00_ok", "ok"), ("01_fails", "failed")]
+    assert results[0].figures == {"answer": 42}
+    assert "arithmetic is broken" in results[1].error
+    executed = nbformat.read(out_dir / "00_ok.ipynb", as_version=4)
+    assert executed.cells[0].outputs[0]["data"]["text/plain"] == "42"
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary["profile"] == "tiny"
+    assert [n["status"] for n in summary["notebooks"]] == ["ok", "failed"]
+    markdown = (out_dir / "summary.md").read_text()
+    assert "| 00_ok | ok |" in markdown and "answer=42" in markdown
+    assert not list(out_dir.glob("*.figures.jsonl"))
+
+
+def test_run_course_without_matching_notebooks_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_PROFILE", "tiny")
+    with pytest.raises(FileNotFoundError, match="No notebooks"):
+        course.run_course(tmp_path, tmp_path / "runs", only=["07"])
