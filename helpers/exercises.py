@@ -1,0 +1,67 @@
+"""Automatic checks for the notebooks' exercises (练习), shared by notebooks and solutions.
+
+A check returns False (and says so) while the answer is still ``None``, raises an
+``AssertionError`` with a hint when it is wrong, and returns True when it is right.
+
+    >>> from helpers.exercises import check_00_1
+    >>> check_00_1(None)
+    还没有作答：把答案赋给变量后重新运行这一格。
+    False
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from helpers import env, vram
+from helpers.profiles import get_profile
+
+T4_USABLE_GB = 15.0  # a T4 has 16 GB (15.0 GiB usable after the driver's share)
+SEQ_LEN_CHOICES = (512, 1024, 2048, 4096, 8192, 16384)
+
+
+def _unanswered(answer: object) -> bool:
+    """Print the not-yet-answered message when ``answer`` is None."""
+    if answer is None:
+        print("还没有作答：把答案赋给变量后重新运行这一格。")
+        return True
+    return False
+
+
+def t4_longest_sequence() -> int:
+    """Reference for 00.1: the longest max_length in SEQ_LEN_CHOICES whose t4 plan fits."""
+    profile = get_profile("t4")
+    shape = vram.KNOWN_SHAPES[profile.model_id]
+    plan = vram.TrainingPlan.from_profile(profile)
+    fitting = [
+        n
+        for n in SEQ_LEN_CHOICES
+        if vram.estimate_vram(shape, replace(plan, seq_len=n)).fits(T4_USABLE_GB)
+    ]
+    return max(fitting)
+
+
+def check_00_1(answer: int | None) -> bool:
+    """00 练习 1: the longest sequence the t4 QLoRA plan fits into a T4."""
+    if _unanswered(answer):
+        return False
+    expected = t4_longest_sequence()
+    assert answer == expected, (
+        f"{answer} 不对。提示：对 {SEQ_LEN_CHOICES} 中的每个长度，用 replace(plan, seq_len=n) "
+        f"估算，找出 fits({T4_USABLE_GB}) 仍为 True 的最大值。"
+    )
+    print(f"✅ 正确：T4 上 t4 profile 的计划最长可到 max_length={expected}。")
+    return True
+
+
+def check_00_2(answer: str | None, cache_root: str = "/root/autodl-tmp/modelscope") -> bool:
+    """00 练习 2: where ModelScope stores Qwen/Qwen2.5-0.5B-Instruct under ``cache_root``."""
+    if _unanswered(answer):
+        return False
+    expected = str(env.modelscope_local_dir(cache_root, "Qwen/Qwen2.5-0.5B-Instruct"))
+    assert str(answer).rstrip("/") == expected, (
+        f"{answer!r} 不对。提示：ModelScope 把文件夹名里的 '.' 换成 '___'，"
+        "并放在缓存目录下的 models/<组织>/<名字>。"
+    )
+    print(f"✅ 正确：{expected}")
+    return True

@@ -1,0 +1,141 @@
+"""API drift: every keyword argument the course passes to TRL / transformers / peft still exists.
+
+Course notebooks break first when a library renames an argument (TRL 1.x and transformers 5.x
+renamed many). This test reads the helpers' and notebooks' source, finds calls to the
+libraries' config classes, trainers and ``generate``, and checks each keyword against the
+installed versions' signatures.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import json
+from pathlib import Path
+
+import peft
+import pytest
+import transformers
+import trl
+
+from helpers import models
+from helpers.profiles import PROFILES
+
+REPO = Path(__file__).resolve().parent.parent
+LIBRARIES = (transformers, peft, trl)
+# Keywords that older tutorials use and the installed versions renamed or removed.
+RENAMED = {
+    "torch_dtype": "dtype (transformers 5)",
+    "max_seq_length": "max_length (TRL SFTConfig)",
+    "evaluation_strategy": "eval_strategy (transformers TrainingArguments)",
+    "tokenizer": "processing_class (Trainer / SFTTrainer)",
+}
+
+
+def _sources() -> list[tuple[str, str]]:
+    """(label, python source) for every helper module and notebook code cell."""
+    found = [
+        (str(p.relative_to(REPO)), p.read_text()) for p in sorted(REPO.glob("helpers/**/*.py"))
+    ]
+    for path in sorted(REPO.glob("notebooks/**/*.ipynb")):
+        cells = json.loads(path.read_text())["cells"]
+        for i, cell in enumerate(cells):
+            if cell["cell_type"] == "code":
+                lines = "".join(cell["source"]).splitlines()
+                # IPython magics and shell escapes are not Python: keep the indentation.
+                code = "\n".join(
+                    ln[: len(ln) - len(ln.lstrip())] + "pass" if ln.lstrip()[:1] in "!%" else ln
+                    for ln in lines
+                )
+                found.append((f"{path.relative_to(REPO)} cell {i}", code))
+    return found
+
+
+def _allowed_keywords(obj) -> set[str] | None:
+    """Explicit keyword names of a class or function, or None if it cannot be checked.
+
+    Dataclass fields and explicit ``__init__`` parameters both count (transformers'
+    BitsAndBytesConfig is a dataclass with a hand-written ``__init__``).
+    """
+    names = {f.name for f in dataclasses.fields(obj)} if dataclasses.is_dataclass(obj) else set()
+    target = obj.__init__ if inspect.isclass(obj) else obj
+    try:
+        params = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):
+        return names or None
+    return names | {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+
+
+def _library_callable(name: str):
+    """A config class, arguments class or trainer of the libraries, looked up by name."""
+    if not name.endswith(("Config", "Arguments", "Trainer")):
+        return None
+    for library in LIBRARIES:
+        obj = getattr(library, name, None)
+        if obj is not None:
+            return obj
+    return None
+
+
+def _generate_keywords() -> set[str]:
+    """What ``model.generate`` accepts: its parameters plus every GenerationConfig field."""
+    params = _allowed_keywords(transformers.GenerationMixin.generate) or set()
+    fields = set(transformers.GenerationConfig().to_dict())
+    return params | fields | {"input_ids", "attention_mask", "pad_token_id", "eos_token_id"}
+
+
+def _calls():
+    for label, source in _sources():
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Call):
+                func = node.func
+                name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
+                keywords = [k.arg for k in node.keywords if k.arg is not None]
+                if name and keywords:
+                    yield label, node.lineno, name, keywords
+
+
+def test_the_scan_sees_the_course_code():
+    names = {name for _, _, name, _ in _calls()}
+    assert "generate" in names  # helpers.models.generate_reply
+    assert "from_pretrained" in names
+
+
+def test_keywords_passed_to_library_classes_exist():
+    generate_ok = _generate_keywords()
+    problems = []
+    for label, line, name, keywords in _calls():
+        if name == "generate":
+            allowed = generate_ok
+        else:
+            target = _library_callable(name)
+            allowed = _allowed_keywords(target) if target is not None else None
+        if allowed is None:
+            continue
+        problems += [f"{label}:{line} {name}({k}=...)" for k in keywords if k not in allowed]
+    assert not problems, "unknown keyword arguments:\n" + "\n".join(problems)
+
+
+def test_no_renamed_keywords_anywhere():
+    found = [
+        f"{label}:{line} {name}({k}=...) -> use {RENAMED[k]}"
+        for label, line, name, keywords in _calls()
+        for k in keywords
+        if k in RENAMED and name in {"from_pretrained", "SFTTrainer", "Trainer", "SFTConfig"}
+    ]
+    assert not found, "\n".join(found)
+
+
+def test_kwargs_dicts_the_helpers_build_match_the_classes():
+    bnb_allowed = _allowed_keywords(transformers.BitsAndBytesConfig)
+    for profile in PROFILES.values():
+        assert set(models.bnb_config_kwargs(profile)) <= bnb_allowed
+    assert set(models.TINY_CONFIG) <= _allowed_keywords(transformers.Qwen2Config)
+
+
+@pytest.mark.parametrize("bad", ["max_seq_length", "evaluation_strategy"])
+def test_the_checker_catches_a_renamed_argument(bad):
+    """The checker itself must be able to fail: old names are rejected by the signatures."""
+    allowed = _allowed_keywords(trl.SFTConfig)
+    assert bad not in allowed and "max_length" in allowed
