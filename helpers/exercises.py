@@ -65,3 +65,37 @@ def check_00_2(answer: str | None, cache_root: str = "/root/autodl-tmp/modelscop
     )
     print(f"✅ 正确：{expected}")
     return True
+
+
+SHAREGPT_MESSAGES = [
+    {"role": "system", "content": "你是客服助手。"},
+    {"role": "user", "content": "我要开发票"},
+    {"role": "assistant", "content": '{"intent":"invoice"}'},
+]
+
+
+def check_01_1(answer: list[dict] | None) -> bool:
+    """01 练习 1: the sharegpt record of the notebook written as TRL messages."""
+    if _unanswered(answer):
+        return False
+    assert answer == SHAREGPT_MESSAGES, (
+        "不对。提示：每个元素是 {'role': ..., 'content': ...}，human→user，gpt→assistant，"
+        "system 保持 system，内容原样保留。"
+    )
+    print("✅ 正确：这就是 TRL 对话格式的 messages。")
+    return True
+
+
+def check_01_2(answer: int | None, sample: dict, model, tokenizer) -> bool:
+    """01 练习 2: tokens that carry loss in last-turn mode, checked against TRL's labels."""
+    if _unanswered(answer):
+        return False
+    from helpers.data import trl_labels
+
+    expected = sum(label != -100 for label in trl_labels(sample, model, tokenizer, "last_turn"))
+    assert answer == expected, (
+        f"{answer} 不对。提示：只有最后一个助手回答（含其结束符）计算损失；"
+        "data.loss_mask(sample, tokenizer, 'last_turn') 的掩码求和。"
+    )
+    print(f"✅ 正确：last_turn 模式下有 {expected} 个 token 计算损失。")
+    return True

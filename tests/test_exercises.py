@@ -23,3 +23,26 @@ def test_00_2_accepts_the_renamed_folder_only():
     assert exercises.check_00_2(right + "/")
     with pytest.raises(AssertionError, match="___"):
         exercises.check_00_2("/root/autodl-tmp/modelscope/models/Qwen/Qwen2.5-0.5B-Instruct")
+
+
+def test_01_1_wants_the_normalised_roles():
+    assert exercises.check_01_1(list(exercises.SHAREGPT_MESSAGES))
+    wrong = [dict(m) for m in exercises.SHAREGPT_MESSAGES]
+    wrong[1]["role"] = "human"
+    with pytest.raises(AssertionError, match="human→user"):
+        exercises.check_01_1(wrong)
+
+
+def test_01_2_counts_against_trl(tiny_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from helpers.data import load_split, loss_mask
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    train = load_split("train")
+    sample = {"messages": train[0]["messages"] + train[1]["messages"][1:]}
+    right = sum(loss_mask(sample, tokenizer, "last_turn")[1])
+    assert exercises.check_01_2(right, sample, model, tokenizer)
+    with pytest.raises(AssertionError, match="提示"):
+        exercises.check_01_2(right + 1, sample, model, tokenizer)
