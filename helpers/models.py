@@ -322,7 +322,7 @@ def load_model(profile: Profile, path: Path | str | None = None):
     kwargs: dict = {"dtype": getattr(torch, profile.dtype)}
     if profile.load_in_4bit:
         kwargs["quantization_config"] = BitsAndBytesConfig(**bnb_config_kwargs(profile))
-        kwargs["device_map"] = {"": 0}
+        kwargs["device_map"] = {"": 0 if profile.device == "cuda" else "cpu"}
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if profile.device == "cuda" and not profile.load_in_4bit:
@@ -347,3 +347,287 @@ def generate_reply(model, tokenizer, messages: list[dict], max_new_tokens: int =
         )  # (1, prompt_len + new_tokens)
     new_tokens = output[0, inputs["input_ids"].shape[1] :]
     return tokenizer.decode(new_tokens, skip_special_tokens=True)
+
+
+# ---------------------------------------------------------------------------- inspection
+
+LORA_TARGET_SETS: dict[str, tuple[str, ...] | str] = {
+    "q,v": ("q_proj", "v_proj"),
+    "attention": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "all-linear": "all-linear",
+}
+
+
+def _param_count(param) -> int:
+    """Parameters in a tensor; a bitsandbytes 4-bit tensor packs 2 per byte (as peft counts)."""
+    n = param.numel()
+    if param.__class__.__name__ == "Params4bit":
+        itemsize = param.quant_storage.itemsize if hasattr(param, "quant_storage") else 1
+        n *= 2 * itemsize
+    return n
+
+
+def _linear_modules(model) -> dict[str, object]:
+    """Every torch Linear (bitsandbytes' included) except the output head, by qualified name."""
+    import torch
+
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear)
+        and module is not output
+        and "lora_" not in name  # adapter sub-layers of an already wrapped model
+    }
+
+
+def architecture_summary(model) -> dict:
+    """Parameter counts, LoRA-targetable Linear types (count, shape), memory and dtype."""
+    total = sum(_param_count(p) for p in model.parameters())
+    trainable = sum(_param_count(p) for p in model.parameters() if p.requires_grad)
+    embedding = model.get_input_embeddings().weight.numel()
+    types: dict[str, dict] = {}
+    for name, module in _linear_modules(model).items():
+        kind = name.rsplit(".", 1)[-1]
+        row = types.setdefault(
+            kind,
+            {"module": kind, "count": 0, "in_features": module.in_features,
+             "out_features": module.out_features, "params": 0},
+        )  # fmt: skip
+        row["count"] += 1
+        row["params"] += module.in_features * module.out_features
+    return {
+        "total_params": total,
+        "trainable_params": trainable,
+        "embedding_params": embedding,
+        "tied_embeddings": bool(getattr(model.config, "tie_word_embeddings", False)),
+        "lora_targets": sorted(types),
+        "linear_types": list(types.values()),
+        "memory_mb": model.get_memory_footprint() / 2**20,
+        "dtype": str(model.dtype).removeprefix("torch."),
+    }
+
+
+def _targeted(name: str, targets: tuple[str, ...] | str) -> bool:
+    """True when a module name matches peft's rule: the full name or its last parts."""
+    if targets == "all-linear":
+        return True
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
+def lora_param_table(
+    model,
+    ranks: Iterable[int] = (4, 8, 16, 64),
+    target_sets: dict[str, tuple[str, ...] | str] | None = None,
+):  # -> pandas.DataFrame
+    """Trainable LoRA parameters per (target set, rank): r*(in+out) per adapted Linear."""
+    import pandas as pd
+
+    target_sets = LORA_TARGET_SETS if target_sets is None else target_sets
+    total = sum(_param_count(p) for p in model.parameters())
+    linears = _linear_modules(model)
+    rows = []
+    for label, targets in target_sets.items():
+        chosen = [m for name, m in linears.items() if _targeted(name, targets)]
+        if not chosen:
+            raise ValueError(
+                f"Target set {label!r} ({targets}) matches no Linear module of this model; "
+                f"its Linear types are {architecture_summary(model)['lora_targets']}."
+            )
+        per_rank = sum(m.in_features + m.out_features for m in chosen)
+        for r in ranks:
+            lora = r * per_rank
+            rows.append(
+                {
+                    "targets": label,
+                    "r": r,
+                    "modules": len(chosen),
+                    "lora_params": lora,
+                    # as peft's print_trainable_parameters: share of base + adapter
+                    "pct_of_total": 100 * lora / (total + lora),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------- template checks
+
+
+def _eos_ids(value) -> list[int]:
+    """A generation_config.eos_token_id (None, int or list) as a list."""
+    if value is None:
+        return []
+    return [int(value)] if isinstance(value, int) else [int(v) for v in value]
+
+
+_PROBE = [
+    {"role": "system", "content": "SYS"},
+    {"role": "user", "content": "Q1"},
+    {"role": "assistant", "content": "A1"},
+    {"role": "user", "content": "Q2"},
+    {"role": "assistant", "content": "A2"},
+]
+
+
+def _end_of_turn(tokenizer, template: str | None) -> tuple[int | None, str]:
+    """The first token the template emits after an assistant turn's content (A1), and its text."""
+    text = tokenizer.apply_chat_template(_PROBE, tokenize=False, chat_template=template)
+    after = text[text.index("A1") + 2 : text.index("Q2")]
+    ids = tokenizer(after.lstrip(), add_special_tokens=False)["input_ids"]
+    if not after.strip() or not ids:
+        return None, after
+    return ids[0], tokenizer.convert_ids_to_tokens(ids[0])
+
+
+def check_template_and_eos(tokenizer, model=None, strict: bool = False) -> list[dict]:
+    """Checks for the top cause of endless generation after SFT; ``strict`` raises on a failure.
+
+    Each finding is ``{"check", "ok", "detail", "fix"}``; ``ok`` is None when it could not run.
+    """
+    import re
+
+    findings: list[dict] = []
+
+    def add(check: str, ok: bool | None, detail: str, fix: str = "") -> None:
+        findings.append({"check": check, "ok": ok, "detail": detail, "fix": "" if ok else fix})
+
+    template = tokenizer.chat_template
+    if not template:
+        raise ValueError("The tokenizer has no chat template; set tokenizer.chat_template first.")
+    markers = bool(re.search(r"\{%-?\s*generation\s*-?%\}", template))
+    training = None  # the template TRL trains with when assistant_only_loss=True
+    if not markers:
+        try:  # TRL swaps in a patched copy of some known templates (Qwen, Llama 3, Gemma 3, ...)
+            from trl.chat_template_utils import get_training_chat_template
+
+            training = get_training_chat_template(tokenizer)
+        except (ImportError, ValueError):
+            training = None
+    add(
+        "generation_markers",
+        markers or training is not None,
+        "assistant turns wrapped in {% generation %}"
+        if markers
+        else "no {% generation %} tags; TRL swaps in its patched training copy"
+        if training
+        else "no {% generation %} tags and no TRL training copy",
+        "assistant_only_loss=True needs them: wrap each assistant turn's content and end-of-turn "
+        "token in {% generation %}...{% endgeneration %} (see helpers.models.CHATML_TEMPLATE).",
+    )
+    eot, eot_text = _end_of_turn(tokenizer, template)
+    if eot is None:
+        add("end_of_turn_found", False, "the template emits nothing after an assistant turn",
+            "End every assistant turn with an end-of-turn token (e.g. <|im_end|>).")  # fmt: skip
+        eot_ids: list[int] = []
+    else:
+        eot_ids = [eot]
+    if model is None or eot is None:
+        add("eot_in_generation_eos", None, "no model given" if model is None else "no end token")
+    else:
+        eos = _eos_ids(model.generation_config.eos_token_id)
+        ok = eot in eos
+        add(
+            "eot_in_generation_eos",
+            ok,
+            f"end-of-turn {eot_text!r} (id {eot}); generation_config.eos_token_id = {eos}",
+            f"Generation will not stop at {eot_text!r}: set model.generation_config."
+            f"eos_token_id = {sorted(set(eos) | {eot})} (or SFTConfig(eos_token={eot_text!r})).",
+        )
+    if not (markers or training) or eot is None:
+        add("eot_trained", None, "needs generation markers and an end-of-turn token")
+    else:
+        out = tokenizer.apply_chat_template(
+            _PROBE,
+            tokenize=True,
+            return_dict=True,
+            return_assistant_tokens_mask=True,
+            chat_template=training,
+        )
+        ids, mask = out["input_ids"], out["assistant_masks"]
+        positions = [i for i, t in enumerate(ids) if t == eot]
+        trained = [bool(mask[i]) for i in positions]
+        # the turns ending A1 and A2 must be trained; system/user ends need not be
+        ok = sum(trained) >= 2
+        add(
+            "eot_trained",
+            ok,
+            f"{sum(trained)}/{len(positions)} {eot_text!r} tokens inside the assistant mask",
+            f"Move {eot_text!r} inside {{% generation %}}...{{% endgeneration %}} in the assistant "
+            "branch of the template, or the model never learns to stop.",
+        )
+    pad = tokenizer.pad_token_id
+    clash = pad is None or pad in set(eot_ids) | {tokenizer.eos_token_id}
+    add(
+        "pad_differs_from_eos",
+        not clash,
+        f"pad_token={tokenizer.pad_token!r} (id {pad}), eos_token={tokenizer.eos_token!r}, "
+        f"end-of-turn={eot_text!r}",
+        "With pad == EOS, collators that mask padding by id also mask the real EOS (and TRL uses "
+        "EOS when pad is unset): set a distinct pad token, e.g. tokenizer.pad_token = "
+        "'<|endoftext|>' for Qwen.",
+    )
+    prompt = tokenizer.apply_chat_template(_PROBE[:-1], tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(_PROBE, tokenize=False, chat_template=training)
+    ok = full.startswith(prompt)
+    seen = full[max(0, len(prompt) - 30) : len(prompt)]
+    add(
+        "train_matches_inference",
+        ok,
+        "training rendering starts with the inference prompt + generation prompt"
+        if ok
+        else f"inference prompt ends {prompt[-30:]!r}, the training rendering has {seen!r}",
+        "Use one template for both: the generation prompt must be exactly how the training "
+        "template opens an assistant turn.",
+    )
+    if strict:
+        failed = [f for f in findings if f["ok"] is False]
+        if failed:
+            raise ValueError(
+                "Chat template / EOS problems:\n"
+                + "\n".join(f"- {f['check']}: {f['detail']}. Fix: {f['fix']}" for f in failed)
+            )
+    return findings
+
+
+# ---------------------------------------------------------------------------- training prep
+
+
+def prepare_for_training(model, profile: Profile, upcast_non_quantized: bool = False) -> dict:
+    """Ready a model for a hand-written LoRA/QLoRA loop; returns what was done.
+
+    ``helpers.sft.make_trainer`` does not need it: TRL's SFTTrainer and the Trainer already
+    turn on checkpointing (with input grads) from the config and pass ``use_cache=False``.
+    ``upcast_non_quantized=True`` runs peft's ``prepare_model_for_kbit_training`` (norms and
+    embeddings to fp32: more memory, which TRL 1.x no longer spends).
+    """
+    done: dict = {"use_cache": False}
+    model.config.use_cache = False  # the KV cache is useless in training and clashes with it
+    quantized = bool(getattr(model, "is_loaded_in_4bit", False)) or bool(
+        getattr(model, "is_loaded_in_8bit", False)
+    )
+    done["quantized"] = quantized
+    if quantized and upcast_non_quantized:
+        from peft import prepare_model_for_kbit_training
+
+        prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=profile.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+        done["kbit_prepared"] = True
+        return done
+    if quantized or profile.method in ("lora", "qlora"):
+        for param in model.parameters():
+            param.requires_grad_(False)  # the base is frozen; peft adds trainable adapters
+        done["base_frozen"] = True
+    if profile.gradient_checkpointing:
+        kwargs = {"use_reentrant": False}  # reentrant needs inputs that require grad
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x rename
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        # frozen embeddings give outputs without grad; checkpointed blocks need one to backprop
+        model.enable_input_require_grads()
+        done["gradient_checkpointing"] = True
+        done["input_require_grads"] = True
+    return done
