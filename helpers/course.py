@@ -21,6 +21,12 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIGURES_ENV_VAR = "COURSE_FIGURES_FILE"
+OUTPUTS_ENV_VAR = "COURSE_OUTPUTS"
+
+
+def outputs_dir() -> Path:
+    """Where notebooks write what later notebooks read: ``$COURSE_OUTPUTS`` or outputs/."""
+    return Path(os.environ.get(OUTPUTS_ENV_VAR) or REPO_ROOT / "outputs")
 
 
 def record_figure(name: str, value: object) -> object:

@@ -1,0 +1,104 @@
+"""Evaluation: batched generation with fixed decoding, and the course's behaviour metrics.
+
+The same prompts and the same greedy decoding are used before training (02, baseline),
+after training (03) and in the tests, so the numbers are comparable.
+
+    >>> from helpers.evaluation import behaviour_report
+    >>> report = behaviour_report(model, tokenizer, profile)  # JSON fields + self-cognition
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from helpers.profiles import Profile
+
+DECODING = {"do_sample": False, "num_beams": 1}  # greedy: deterministic, stated in every report
+
+
+def generate_batch(
+    model,
+    tokenizer,
+    conversations: Sequence[list[dict]],
+    max_new_tokens: int,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> list[str]:
+    """Greedy replies to many conversations, left-padded in batches; special tokens stripped."""
+    import torch
+    from tqdm.auto import tqdm
+
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"  # generation appends on the right
+    replies: list[str] = []
+    try:
+        starts = range(0, len(conversations), batch_size)
+        for start in tqdm(starts, desc="generate", disable=not progress, leave=False):
+            batch = tokenizer.apply_chat_template(
+                list(conversations[start : start + batch_size]),
+                add_generation_prompt=True,
+                padding=True,
+                return_tensors="pt",
+                return_dict=True,
+            ).to(model.device)
+            with torch.no_grad():
+                out = model.generate(
+                    **batch,
+                    max_new_tokens=max_new_tokens,
+                    pad_token_id=tokenizer.pad_token_id,
+                    **DECODING,
+                )  # (batch, prompt_len + new_tokens)
+            new = out[:, batch["input_ids"].shape[1] :]
+            replies += tokenizer.batch_decode(new, skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = side
+    return replies
+
+
+def prompt_messages(row: dict, profile: Profile) -> list[dict]:
+    """The prompt part of a row (every turn but the answer), as the profile trains it."""
+    return profile.style_messages(row["messages"][:-1])
+
+
+def names_assistant(reply: str) -> bool:
+    """True when a reply names the course assistant (小调 / TuneBot)."""
+    from helpers.data import ASSISTANT_NAME, ASSISTANT_NAME_EN
+
+    return ASSISTANT_NAME in reply or ASSISTANT_NAME_EN.lower() in reply.lower()
+
+
+def eval_sets(profile: Profile) -> dict[str, list[dict]]:
+    """Held-out rows the course evaluates on: the main test split and self-cognition eval."""
+    from helpers.data import load_self_cognition, load_split
+
+    test = load_split("test")[: profile.eval_rows]
+    cognition = [r for r in load_self_cognition() if r["meta"]["split"] == "eval"]
+    return {"main_test": test, "self_cognition": cognition}
+
+
+def behaviour_report(model, tokenizer, profile: Profile, progress: bool = True) -> dict[str, Any]:
+    """Main-task JSON metrics and self-cognition hit rate on held-out data, with the answers."""
+    from helpers.data import score_answers
+
+    sets = eval_sets(profile)
+    test, cognition = sets["main_test"], sets["self_cognition"]
+    answers = generate_batch(
+        model, tokenizer, [prompt_messages(r, profile) for r in test], 64, progress=progress
+    )
+    metrics = score_answers(answers, [r["messages"][-1]["content"] for r in test])
+    fields = [v for k, v in metrics.items() if k.startswith("field_")]
+    metrics["field_accuracy"] = sum(fields) / len(fields)
+    replies = generate_batch(
+        model, tokenizer, [prompt_messages(r, profile) for r in cognition], 48, progress=progress
+    )
+    metrics["self_cognition_hit"] = sum(map(names_assistant, replies)) / len(replies)
+    outputs = {"main_test": (test, answers), "self_cognition": (cognition, replies)}
+    return {
+        "metrics": metrics,
+        "decoding": {**DECODING, "max_new_tokens": {"main_test": 64, "self_cognition": 48}},
+        "answers": [
+            {"id": r["id"], "set": name, "answer": a}
+            for name, (rows, outs) in outputs.items()
+            for r, a in zip(rows, outs, strict=True)
+        ],
+    }
