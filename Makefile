@@ -2,6 +2,7 @@
 #   make course   install what the notebooks need, then run every notebook headless
 #                 (profile auto-detected; COURSE_PROFILE=tiny|cpu-demo|t4|24g overrides)
 #   make test     install the dev extras, then run the whole pytest suite (nbval included)
+#   make test-fast the same without the slow cpu-demo tests (seconds instead of ~30 minutes)
 # Variables: PYTHON (interpreter for the venv), VENV (venv folder),
 #            TORCH (a torch requirement to install first, e.g. TORCH=torch==2.13.0).
 
@@ -13,7 +14,7 @@ PY := $(VENV)/bin/python
 EXTRAS := $(if $(filter cpu-demo,$(COURSE_PROFILE)),cpu-demo,)
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: course test install install-dev lint clean-runs
+.PHONY: course test test-fast install install-dev lint clean-runs
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +38,9 @@ course: install
 
 test: install-dev
 	COURSE_PROFILE=$${COURSE_PROFILE:-tiny} $(PY) -m pytest
+
+test-fast: install-dev
+	COURSE_PROFILE=$${COURSE_PROFILE:-tiny} $(PY) -m pytest -m "not slow"
 
 lint: install-dev
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .

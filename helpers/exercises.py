@@ -99,3 +99,34 @@ def check_01_2(answer: int | None, sample: dict, model, tokenizer) -> bool:
     )
     print(f"✅ 正确：last_turn 模式下有 {expected} 个 token 计算损失。")
     return True
+
+
+def check_02_1(answer: int | None, model) -> bool:
+    """02 练习 1: trainable LoRA parameters for r=32 on q_proj and v_proj, counted by hand."""
+    if _unanswered(answer):
+        return False
+    from helpers.models import lora_param_table
+
+    table = lora_param_table(model, ranks=(32,), target_sets={"q,v": ("q_proj", "v_proj")})
+    expected = int(table["lora_params"].iloc[0])
+    assert answer == expected, (
+        f"{answer} 不对。提示：q_proj 和 v_proj 各自 r × (in_features + out_features)，"
+        "再乘以它们出现的层数。"
+    )
+    print(f"✅ 正确：r=32 的 q,v LoRA 有 {expected:,} 个可训练参数。")
+    return True
+
+
+def check_03_1(effective_batch: int | None, samples_seen: int | None, profile) -> bool:
+    """03 练习 1: effective batch size and samples seen over the whole run."""
+    if _unanswered(effective_batch) or _unanswered(samples_seen):
+        return False
+    batch = profile.per_device_batch_size * profile.gradient_accumulation_steps
+    assert effective_batch == batch, (
+        f"有效 batch {effective_batch} 不对。提示：每卡 batch × 梯度累积步数（单卡）。"
+    )
+    assert samples_seen == batch * profile.max_steps, (
+        f"样本数 {samples_seen} 不对。提示：有效 batch × max_steps。"
+    )
+    print(f"✅ 正确：有效 batch {batch}，共 {samples_seen} 条样本。")
+    return True

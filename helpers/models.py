@@ -333,20 +333,9 @@ def load_model(profile: Profile, path: Path | str | None = None):
 
 def generate_reply(model, tokenizer, messages: list[dict], max_new_tokens: int = 64) -> str:
     """Greedy-decode one assistant reply to ``messages`` through the chat template."""
-    import torch
+    from helpers.evaluation import generate_batch
 
-    inputs = tokenizer.apply_chat_template(
-        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-    ).to(model.device)
-    with torch.no_grad():
-        output = model.generate(
-            **inputs,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-        )  # (1, prompt_len + new_tokens)
-    new_tokens = output[0, inputs["input_ids"].shape[1] :]
-    return tokenizer.decode(new_tokens, skip_special_tokens=True)
+    return generate_batch(model, tokenizer, [messages], max_new_tokens, progress=False)[0]
 
 
 # ---------------------------------------------------------------------------- inspection
