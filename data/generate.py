@@ -757,6 +757,144 @@ def build_probe(rng: random.Random) -> list[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------------------------
+# General replay: generic Q&A that notebook 04 mixes back into the SFT data (against forgetting).
+# Same categories as the probe, never the same questions: hand-written facts that are not in
+# KNOWLEDGE, fresh arithmetic, unit conversions with x outside the probe's 2..12, and every
+# question checked against the probe with the course's own overlap finder.
+# ----------------------------------------------------------------------------------------------
+REPLAY_KNOWLEDGE = [  # (question, fact the answer must contain, answer, lang)
+    ("伦敦是哪个国家的首都？", "英国", "伦敦是英国的首都。", "zh"),
+    ("俄罗斯的首都是哪座城市？", "莫斯科", "是莫斯科。", "zh"),
+    ("离太阳最近的行星是哪颗？", "水星", "是水星。", "zh"),
+    ("地球唯一的天然卫星是什么？", "月球", "是月球。", "zh"),
+    ("世界上面积最大的国家是哪个？", "俄罗斯", "是俄罗斯。", "zh"),
+    ("世界上人口最多的大洲是哪个？", "亚洲", "是亚洲。", "zh"),
+    ("成年人全身一共有多少块骨头？", "206", "成年人一共有 206 块骨头。", "zh"),
+    ("正常人的体温大约是多少摄氏度？", "37", "大约是 37 摄氏度。", "zh"),
+    ("《红楼梦》的作者是谁？", "曹雪芹", "是曹雪芹。", "zh"),
+    ("《西游记》的作者是谁？", "吴承恩", "是吴承恩。", "zh"),
+    ("《论语》记录的是哪位思想家的言行？", "孔子", "是孔子和他的弟子的言行。", "zh"),
+    ("被称为“诗圣”的唐代诗人是谁？", "杜甫", "是杜甫。", "zh"),
+    ("孙悟空的师父是谁？", "唐僧", "是唐僧。", "zh"),
+    ("大熊猫主要吃什么？", "竹子", "主要吃竹子。", "zh"),
+    ("蜜蜂会酿造什么食物？", "蜂蜜", "蜜蜂酿造蜂蜜。", "zh"),
+    ("世界上最大的哺乳动物是什么？", "蓝鲸", "是蓝鲸。", "zh"),
+    ("企鹅主要生活在地球的哪个地区？", "南极", "主要生活在南极及附近海域。", "zh"),
+    ("人的心脏有几个腔？", "4", "有 4 个腔。", "zh"),
+    ("奥运会通常每隔几年举办一次？", "4", "每 4 年举办一次。", "zh"),
+    ("中国国旗上有几颗五角星？", "5", "有 5 颗五角星。", "zh"),
+    ("一打是多少个？", "12", "一打是 12 个。", "zh"),
+    ("一个世纪是多少年？", "100", "一个世纪是 100 年。", "zh"),
+    ("一年有几个季节？", "4", "有 4 个季节：春、夏、秋、冬。", "zh"),
+    ("十二生肖中排在第一位的是什么？", "鼠", "排在第一位的是鼠。", "zh"),
+    ("中秋节是农历几月几日？", "八月十五", "是农历八月十五。", "zh"),
+    ("食盐的主要成分是什么？", "氯化钠", "是氯化钠（NaCl）。", "zh"),
+    ("中国古代四大发明中用来指示方向的是什么？", "指南针", "是指南针。", "zh"),
+    ("围棋棋盘上有多少条横线？", "19", "有 19 条横线。", "zh"),
+    ("What is the capital of Italy?", "Rome", "It is Rome.", "en"),
+    ("Which planet is known as the Red Planet?", "Mars", "It is Mars.", "en"),
+    ("How many legs does a spider have?", "8", "A spider has 8 legs.", "en"),
+    ("Who painted the Mona Lisa?", "Leonardo da Vinci", "Leonardo da Vinci painted it.", "en"),
+    ("What is the hardest natural material?", "diamond", "It is diamond.", "en"),
+    ("How many weeks are in a year?", "52", "There are 52 weeks in a year.", "en"),
+    ("How many degrees are in a right angle?", "90", "A right angle has 90 degrees.", "en"),
+    ("What is the tallest animal in the world?", "giraffe", "It is the giraffe.", "en"),
+    ("In which country are the pyramids of Giza?", "Egypt", "They are in Egypt.", "en"),
+    ("What is the main language spoken in Brazil?", "Portuguese", "It is Portuguese.", "en"),
+    ("How many strings does a standard guitar have?", "6", "It has 6 strings.", "en"),
+    ("How many cents are in one US dollar?", "100", "There are 100 cents in a dollar.", "en"),
+]
+REPLAY_X = (13, 40)  # unit conversion x range; the probe uses 2..12
+# The probe's two English UNITS templates are mostly fixed words, so every x gives a near
+# duplicate of a probe question (character 3-gram Jaccard >= 0.74); English replay rows ask
+# the same two conversions in other words instead. (question, factor, answer)
+REPLAY_UNITS_EN = [
+    ("Convert {x} kilometers to meters.", 1000, "{x} kilometers is {r} meters."),
+    ("{x} hours is how many minutes?", 60, "{x} hours is {r} minutes."),
+]
+N_REPLAY_ARITHMETIC = 40
+N_REPLAY_UNITS = 40
+
+
+def _probe_clear(questions: list[str], probe: list[dict[str, Any]]) -> list[bool]:
+    """For each question: True when it neither equals nor near-duplicates a probe question."""
+    as_rows = [{"messages": [{"role": "user", "content": q}]} for q in questions]
+    probe_rows = [{"messages": [{"role": "user", "content": r["question"]}]} for r in probe]
+    hits = {o.train for o in find_overlap(as_rows, probe_rows, progress=False)}
+    return [i not in hits for i in range(len(questions))]
+
+
+def _replay_arithmetic(rng: random.Random, n: int) -> list[tuple[str, str, str, str]]:
+    """n arithmetic (category, lang, question, answer) candidates in the probe's style."""
+    ops = [("+", lambda a, b: a + b), ("-", lambda a, b: a - b), ("×", lambda a, b: a * b)]
+    zh_answers = ["答案是 {r}。", "{a} {s} {b} = {r}。", "等于 {r}。"]
+    en_answers = ["The answer is {r}.", "{a} {s} {b} = {r}.", "It equals {r}."]
+    out = []
+    for k in range(n):
+        sym, fn = ops[k % 3]
+        a, b = rng.randint(11, 99), rng.randint(2, 49 if sym == "×" else 99)
+        if sym == "-" and b > a:
+            a, b = b, a
+        r = fn(a, b)
+        if k % 4 == 3:
+            s = sym.replace("×", "*")
+            answer = rng.choice(en_answers).format(a=a, s=s, b=b, r=r)
+            out.append(("arithmetic", "en", f"What is {a} {s} {b}?", answer))
+        else:
+            answer = rng.choice(zh_answers).format(a=a, s=sym, b=b, r=r)
+            out.append(("arithmetic", "zh", f"{a} {sym} {b} 等于多少？", answer))
+    return out
+
+
+def build_replay(
+    rng: random.Random, probe: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """~120 general user/assistant conversations, none equal or near-equal to a probe question."""
+    probe = build_probe(random.Random(SEED + 2)) if probe is None else probe
+    if bad := [q for q, fact, a, _ in REPLAY_KNOWLEDGE if fact not in a]:
+        raise ValueError(f"REPLAY_KNOWLEDGE answers without their fact: {bad}")
+    rows = [("knowledge", lang, q, a) for q, _, a, lang in REPLAY_KNOWLEDGE]
+    questions = [r[2] for r in rows]
+    clear = _probe_clear(questions, probe)
+    if bad := [q for q, ok in zip(questions, clear, strict=True) if not ok]:
+        raise ValueError(f"REPLAY_KNOWLEDGE overlaps the probe: {bad}")
+    # Arithmetic: draw spare candidates, keep the first ones that clear the probe.
+    seen = {exact_key(r[2]) for r in rows}
+    cands = _replay_arithmetic(rng, 3 * N_REPLAY_ARITHMETIC)
+    kept = 0
+    for cand, ok in zip(cands, _probe_clear([c[2] for c in cands], probe), strict=True):
+        if ok and kept < N_REPLAY_ARITHMETIC and exact_key(cand[2]) not in seen:
+            seen.add(exact_key(cand[2]))
+            rows.append(cand)
+            kept += 1
+    if kept < N_REPLAY_ARITHMETIC:
+        raise RuntimeError("too few arithmetic replay candidates clear of the probe")
+    # Unit conversion: the same number of rows per template, x drawn from the values whose
+    # question clears the probe (e.g. "15 公里..." is a near duplicate of a probe "5 公里...").
+    units = [(t, f, None) for t, f in UNITS if not t.isascii()] + REPLAY_UNITS_EN
+    xs = range(REPLAY_X[0], REPLAY_X[1] + 1)
+    grid = [(t, x) for t, _, _ in units for x in xs]
+    clear = _probe_clear([t.format(x=x) for t, x in grid], probe)
+    allowed = {
+        t: [x for (t2, x), ok in zip(grid, clear, strict=True) if ok and t2 == t]
+        for t, _, _ in units
+    }
+    for k in range(N_REPLAY_UNITS):
+        tpl, factor, answer_tpl = units[k % len(units)]
+        x = rng.choice(allowed[tpl])
+        allowed[tpl].remove(x)
+        if answer_tpl is None:  # "{x} 公里等于多少米？" -> "{x} 公里等于 {r} 米。"
+            answer_tpl = tpl.replace("多少", " {r} ").replace("？", "。")
+        lang = "en" if tpl.isascii() else "zh"
+        answer = answer_tpl.format(x=x, r=x * factor)
+        rows.append(("unit_conversion", lang, tpl.format(x=x), answer))
+    return [
+        {"id": f"replay-{i + 1:03d}", "category": c, "lang": lang, "messages": conv(q, a, False)}
+        for i, (c, lang, q, a) in enumerate(rows)
+    ]
+
+
+# ----------------------------------------------------------------------------------------------
 # Raw dirty files.
 # ----------------------------------------------------------------------------------------------
 RAW_FILES = (
@@ -1231,7 +1369,9 @@ def generate(out: Path) -> dict[str, Any]:
         (json.dumps(manifest, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
     )
     dump_jsonl(out / "self_cognition.jsonl", build_self_cognition(random.Random(SEED + 1)))
-    dump_jsonl(out / "probe_general.jsonl", build_probe(random.Random(SEED + 2)))
+    probe = build_probe(random.Random(SEED + 2))
+    dump_jsonl(out / "probe_general.jsonl", probe)
+    dump_jsonl(out / "general_replay.jsonl", build_replay(random.Random(SEED + 3), probe))
     names = sorted(
         p.relative_to(out).as_posix()
         for p in out.rglob("*")
@@ -1255,6 +1395,7 @@ PURPOSE = {
     "main/test.jsonl": "主任务测试集（含留出模板）",
     "self_cognition.jsonl": "自我认知问答",
     "probe_general.jsonl": "通用能力探针",
+    "general_replay.jsonl": "通用回放数据（防遗忘）",
     "raw/MANIFEST.json": "脏数据注入问题清单",
     "raw/alpaca_export.json": "脏数据：Alpaca JSON",
     "raw/openai_chat.jsonl": "脏数据：OpenAI messages（混合格式）",
@@ -1305,6 +1446,8 @@ def write_readme(out: Path, names: list[str], sizes: dict[str, int], manifest: d
         name_en=ASSISTANT_NAME_EN,
         team=ASSISTANT_TEAM,
         n_probe=sum(1 for _ in open(out / "probe_general.jsonl", encoding="utf-8")),
+        n_replay=sum(1 for _ in open(out / "general_replay.jsonl", encoding="utf-8")),
+        replay_x=f"{REPLAY_X[0]}–{REPLAY_X[1]}",
         extra=N_EXTRA_MAJORITY,
         majority=MAJORITY_INTENT,
         injected=injected,

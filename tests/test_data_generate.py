@@ -29,13 +29,16 @@ from helpers.data import (
     label_counts,
     load_manifest,
     load_probe,
+    load_replay,
     load_self_cognition,
     load_split,
     raw_files,
     run_pipeline,
     score_answers,
+    validate_messages,
     verify_checksums,
 )
+from helpers.data.dedup import exact_key
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,6 +53,8 @@ def _generator():
 def test_checksums_match():
     names = verify_checksums()
     assert "main/train.jsonl" in names and "raw/MANIFEST.json" in names
+    # Listed, so test_generator_is_deterministic covers the replay and probe bytes too.
+    assert "general_replay.jsonl" in names and "probe_general.jsonl" in names
 
 
 def test_checksum_mismatch_names_file_and_fix(tmp_path):
@@ -179,6 +184,75 @@ def test_probe_answers_are_checkable():
             a, op, b = re.findall(r"(\d+) ([-+×*]) (\d+)", r["question"])[0]
             value = {"+": int(a) + int(b), "-": int(a) - int(b)}.get(op, int(a) * int(b))
             assert r["answers"] == [str(value)]
+
+
+def _user_rows(questions: list[str]) -> list[dict]:
+    return [{"messages": [{"role": "user", "content": q}]} for q in questions]
+
+
+def _replay_value(row: dict, facts: dict[str, str]) -> str:
+    """What a replay answer must contain, recomputed from the question (facts: knowledge)."""
+    q = row["messages"][0]["content"]
+    if row["category"] == "arithmetic":
+        a, op, b = re.fullmatch(r"(?:What is )?(\d+) ([-+×*]) (\d+)(?: 等于多少？|\?)", q).groups()
+        return str({"+": int(a) + int(b), "-": int(a) - int(b)}.get(op, int(a) * int(b)))
+    if row["category"] == "unit_conversion":
+        factors = {"公里": 1000, "千克": 1000, "小时": 60, "分钟": 60, "米": 100, "天": 24}
+        factors |= {"吨": 1000, "升": 1000, "kilometers": 1000, "hours": 60}
+        x, unit = re.search(rf"(\d+) ({'|'.join(factors)})", q).groups()
+        return str(int(x) * factors[unit])
+    return facts[q]
+
+
+def test_replay_rows_are_valid_conversations():
+    rows = load_replay()
+    facts = {q: fact for q, fact, _, _ in _generator().REPLAY_KNOWLEDGE}
+    assert 100 <= len(rows) <= 140
+    assert [r["id"] for r in rows] == [f"replay-{i:03d}" for i in range(1, len(rows) + 1)]
+    counts = Counter((r["category"], r["lang"]) for r in rows)
+    for category in ("knowledge", "arithmetic", "unit_conversion"):
+        assert counts[category, "zh"] >= 20 and counts[category, "en"] >= 5, counts
+    assert sum(counts.values()) == len(rows)
+    assert len({exact_key(r["messages"][0]["content"]) for r in rows}) == len(rows)
+    for r in rows:
+        validate_messages(r["messages"])
+        assert [m["role"] for m in r["messages"]] == ["user", "assistant"]
+        assert all(isinstance(m["content"], str) and m["content"].strip() for m in r["messages"])
+        question, answer = (m["content"] for m in r["messages"])
+        value = _replay_value(r, facts)
+        if value.isdigit():  # the number itself, not a longer number that contains it
+            assert re.search(rf"(?<!\d){value}(?!\d)", answer), (r["id"], answer, value)
+        else:
+            assert value in answer, (r["id"], answer, value)
+        if r["lang"] == "zh":
+            assert re.search(r"[\u4e00-\u9fff]", question + answer), r["id"]
+        else:
+            assert question.isascii() and answer.isascii(), r["id"]
+
+
+def test_replay_file_matches_its_builder():
+    gen = _generator()
+    rows = gen.build_replay(gen.random.Random(gen.SEED + 3))
+    assert rows == gen.build_replay(gen.random.Random(gen.SEED + 3)) == load_replay()
+    assert gen.build_probe(gen.random.Random(gen.SEED + 2)) == load_probe()
+
+
+def test_replay_never_asks_a_probe_question():
+    replay = load_replay()
+    probe_questions = [r["question"] for r in load_probe()]
+    probe_keys = {exact_key(q) for q in probe_questions}
+    for r in replay:
+        q = r["messages"][0]["content"]
+        assert q not in probe_questions and exact_key(q) not in probe_keys, q
+    overlaps = find_overlap(replay, _user_rows(probe_questions), progress=False)
+    assert not overlaps, [
+        (replay[o.train]["messages"][0]["content"], probe_questions[o.test], o.kind)
+        for o in overlaps
+    ]
+    # The check has teeth: "19 公里等于多少米？" is a near overlap of the probe's "9 公里...".
+    twins = ["1" + q for q in probe_questions if re.match(r"\d ", q)]
+    found = find_overlap(_user_rows(twins), _user_rows(probe_questions), progress=False)
+    assert twins and {o.kind for o in found} == {"near"} and len(found) == len(twins)
 
 
 def test_score_answers():

@@ -72,6 +72,14 @@ def load_probe() -> list[dict[str, Any]]:
     return _read(data_dir() / "probe_general.jsonl")
 
 
+def load_replay() -> list[dict[str, Any]]:
+    """General replay conversations (user/assistant, no system) to mix into SFT data.
+
+    Mixing them back in counters catastrophic forgetting; they never repeat a probe question.
+    """
+    return _read(data_dir() / "general_replay.jsonl")
+
+
 def raw_files() -> list[Path]:
     """The dirty raw files of the main task, in load order (MANIFEST.json excluded)."""
     return sorted(p for p in (data_dir() / "raw").iterdir() if p.name != "MANIFEST.json")
