@@ -10,8 +10,10 @@ after training (03) and in the tests, so the numbers are comparable.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from helpers.evaluation.metrics import rouge_l_chars
 from helpers.profiles import Profile
 
 DECODING = {"do_sample": False, "num_beams": 1}  # greedy: deterministic, stated in every report
@@ -20,12 +22,15 @@ DECODING = {"do_sample": False, "num_beams": 1}  # greedy: deterministic, stated
 def generate_batch(
     model,
     tokenizer,
-    conversations: Sequence[list[dict]],
+    conversations: Sequence[list[dict]] | Sequence[str],
     max_new_tokens: int,
     batch_size: int = 16,
     progress: bool = True,
 ) -> list[str]:
-    """Greedy replies to many conversations, left-padded in batches; special tokens stripped."""
+    """Greedy replies, left-padded in batches; special tokens stripped.
+
+    Conversations go through the chat template; plain strings are continued as they are.
+    """
     import torch
     from tqdm.auto import tqdm
 
@@ -34,13 +39,18 @@ def generate_batch(
     try:
         starts = range(0, len(conversations), batch_size)
         for start in tqdm(starts, desc="generate", disable=not progress, leave=False):
-            batch = tokenizer.apply_chat_template(
-                list(conversations[start : start + batch_size]),
-                add_generation_prompt=True,
-                padding=True,
-                return_tensors="pt",
-                return_dict=True,
-            ).to(model.device)
+            chunk = list(conversations[start : start + batch_size])
+            if isinstance(chunk[0], str):
+                batch = tokenizer(chunk, padding=True, return_tensors="pt")
+            else:
+                batch = tokenizer.apply_chat_template(
+                    chunk,
+                    add_generation_prompt=True,
+                    padding=True,
+                    return_tensors="pt",
+                    return_dict=True,
+                )
+            batch = batch.to(model.device)
             with torch.no_grad():
                 out = model.generate(
                     **batch,
@@ -92,6 +102,9 @@ def behaviour_report(model, tokenizer, profile: Profile, progress: bool = True) 
         model, tokenizer, [prompt_messages(r, profile) for r in cognition], 48, progress=progress
     )
     metrics["self_cognition_hit"] = sum(map(names_assistant, replies)) / len(replies)
+    references = [r["messages"][-1]["content"] for r in cognition]
+    rouge = [rouge_l_chars(a, ref) for a, ref in zip(replies, references, strict=True)]
+    metrics["self_cognition_rouge_l"] = sum(rouge) / len(rouge)
     outputs = {"main_test": (test, answers), "self_cognition": (cognition, replies)}
     return {
         "metrics": metrics,
@@ -102,3 +115,23 @@ def behaviour_report(model, tokenizer, profile: Profile, progress: bool = True) 
             for r, a in zip(rows, outs, strict=True)
         ],
     }
+
+
+def stored_or_measured(
+    path: Path, model, tokenizer, profile: Profile, progress: bool = True
+) -> tuple[dict[str, Any], str]:
+    """The behaviour report saved at ``path`` (by 02 or 03) if it matches today's evaluation.
+
+    It matches when it holds every metric and answers the same held-out prompts; otherwise
+    the model is measured now. Returns the report and where it came from.
+    """
+    import json
+
+    wanted = {(name, r["id"]) for name, rows in eval_sets(profile).items() for r in rows}
+    if path.exists():
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        have = {(a["set"], a["id"]) for a in saved.get("answers", [])}
+        keys = {"json_valid", "field_accuracy", "self_cognition_hit", "self_cognition_rouge_l"}
+        if have == wanted and keys <= saved.get("metrics", {}).keys():
+            return saved, f"saved: {path}"
+    return behaviour_report(model, tokenizer, profile, progress=progress), "measured now"
