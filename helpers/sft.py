@@ -497,21 +497,35 @@ def _cleaned_or_shipped(split: str) -> tuple[list[dict], str]:
     return load_split(split), f"data/main/{split}.jsonl (run notebook 01 to use your own)"
 
 
-def training_rows(profile: Profile, seed: int = 0) -> tuple[list[dict], str]:
+def training_rows(
+    profile: Profile, seed: int = 0, replay_share: float = 0.0
+) -> tuple[list[dict], str]:
     """The SFT mix: main-task rows (profile.train_samples of them) + self-cognition, shuffled.
 
+    ``replay_share`` > 0 mixes general question-answer rows (``data/general_replay.jsonl``)
+    back in, as that share of the final mix (repeated when the mix needs more than exist);
+    the number of training steps stays the same, so they replace task rows seen per step.
     Returns the rows (``{"messages": ...}`` only) and where the main-task rows came from.
     """
     import random
 
-    from helpers.data import load_self_cognition
+    from helpers.data import load_replay, load_self_cognition
 
+    if not 0 <= replay_share < 1:
+        raise ValueError(f"replay_share must be in [0, 1); got {replay_share}")
     main, source = _cleaned_or_shipped("train")
     rng = random.Random(seed)
     if profile.train_samples is not None and profile.train_samples < len(main):
         main = rng.sample(main, profile.train_samples)
     cognition = [r for r in load_self_cognition() if r["meta"]["split"] == "train"]
     rows = [{"messages": profile.style_messages(r["messages"])} for r in main + cognition]
+    if replay_share:
+        general = load_replay()
+        rng.shuffle(general)  # every category in any prefix
+        wanted = round(replay_share * len(rows) / (1 - replay_share))
+        picked = [general[i % len(general)] for i in range(wanted)]  # cycle when too few
+        rows += [{"messages": r["messages"]} for r in picked]  # no task system prompt
+        source += f" + {wanted} general replay rows ({replay_share:.0%})"
     rng.shuffle(rows)
     return rows, source
 

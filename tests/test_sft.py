@@ -267,3 +267,32 @@ def test_tensorboard_logs_go_to_autodl_panel(monkeypatch, tmp_path):
     assert sft.tensorboard_dir(tmp_path / "run1") == tmp_path / "run1" / "runs"
     config = sft.sft_config(TINY, tmp_path, report_to=["tensorboard"])
     assert config.report_to == ["tensorboard"]
+
+
+def test_training_rows_mix_task_identity_and_optional_replay(tmp_path, monkeypatch):
+    from helpers.data import load_replay, load_self_cognition
+
+    monkeypatch.setenv("COURSE_OUTPUTS", str(tmp_path))  # no notebook 01 output: shipped split
+    rows, source = sft.training_rows(TINY)
+    cognition = [r for r in load_self_cognition() if r["meta"]["split"] == "train"]
+    assert len(rows) == TINY.train_samples + len(cognition)
+    assert source.startswith("data/main/train.jsonl")
+    assert rows == sft.training_rows(TINY)[0]  # seeded
+
+    mixed, source = sft.training_rows(TINY, replay_share=0.2)
+    general = {r["messages"][0]["content"] for r in load_replay()}
+    replayed = [r for r in mixed if r["messages"][0]["content"] in general]
+    assert len(replayed) == round(0.2 * len(rows) / 0.8)  # 20% of the final mix
+    assert len(mixed) == len(rows) + len(replayed)
+    assert "general replay rows (20%)" in source
+    assert all(r["messages"][0]["role"] == "user" for r in replayed)  # no task system prompt
+    categories = {
+        r["category"]
+        for r in load_replay()
+        if r["messages"][0]["content"] in {m["messages"][0]["content"] for m in replayed}
+    }
+    assert categories == {"knowledge", "arithmetic", "unit_conversion"}  # shuffled, not a prefix
+    many, _ = sft.training_rows(TINY, replay_share=0.9)  # more than exist: repeated
+    assert sum(r["messages"][0]["content"] in general for r in many) == round(9 * len(rows))
+    with pytest.raises(ValueError, match="replay_share"):
+        sft.training_rows(TINY, replay_share=1.0)
