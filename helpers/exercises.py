@@ -130,3 +130,32 @@ def check_03_1(effective_batch: int | None, samples_seen: int | None, profile) -
     )
     print(f"✅ 正确：有效 batch {batch}，共 {samples_seen} 条样本。")
     return True
+
+
+def check_04_1(answer: float | None, scores) -> bool:
+    """04 练习 1: the perplexity of one answer from its per-token probabilities."""
+    import math
+
+    if _unanswered(answer):
+        return False
+    expected = math.exp(-sum(math.log(p) for p in scores.probs) / len(scores.probs))
+    assert math.isclose(answer, expected, rel_tol=1e-6), (
+        f"{answer} 不对。提示：困惑度 = exp(-平均 log p)，对 scores.probs 的每个 token 取平均。"
+    )
+    print(f"✅ 正确：困惑度 {expected:.3f}（{len(scores.probs)} 个 token）。")
+    return True
+
+
+def check_04_2(answer: int | None, scores) -> bool:
+    """04 练习 2: the first position where the model's greedy choice leaves the reference."""
+    if _unanswered(answer):
+        return False
+    pairs = zip(scores.ids, scores.top_ids, strict=True)
+    expected = next((i for i, (ref, top) in enumerate(pairs) if ref != top), -1)
+    assert answer == expected, (
+        f"{answer} 不对。提示：逐个比较 scores.ids[i] 和 scores.top_ids[i]，"
+        "返回第一个不相等的 i；全部相等时答 -1。"
+    )
+    where = "没有分歧" if expected < 0 else f"第 {expected} 个 token"
+    print(f"✅ 正确：{where}。")
+    return True

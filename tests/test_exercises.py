@@ -46,3 +46,20 @@ def test_01_2_counts_against_trl(tiny_dir):
     assert exercises.check_01_2(right, sample, model, tokenizer)
     with pytest.raises(AssertionError, match="提示"):
         exercises.check_01_2(right + 1, sample, model, tokenizer)
+
+
+def test_04_exercises_check_perplexity_and_first_divergence():
+    import math
+
+    from helpers.evaluation import TokenScores
+
+    scores = TokenScores("x", [5, 6, 7], [0.5, 0.25, 1.0], [5, 9, 7], [0.5, 0.6, 1.0], [1, 2, 0])
+    assert exercises.check_04_1(None, scores) is False
+    assert exercises.check_04_1(2.0, scores)  # exp((ln 2 + ln 4 + 0) / 3) = 2
+    with pytest.raises(AssertionError, match="困惑度"):
+        exercises.check_04_1(math.exp(3 * math.log(2)), scores)  # forgot to divide by n
+    assert exercises.check_04_2(1, scores)
+    with pytest.raises(AssertionError):
+        exercises.check_04_2(2, scores)
+    same = TokenScores("y", [5], [1.0], [5], [1.0], [0.0])
+    assert exercises.check_04_2(-1, same)
