@@ -111,6 +111,8 @@ def test_forgetting_table_flags_drops_beyond_the_threshold():
     assert table["verdict"].to_dict() == {"a": "ok", "b": "forgot", "overall": "forgot"}
     at_threshold = ev.forgetting_table(before, _report(0.45, {"a": 0.6, "b": 0.35}, []), 0.05)
     assert at_threshold.loc["b", "verdict"] == "ok"  # exactly -threshold is tolerated
+    named = ev.forgetting_table(before, after, 0.05, after_name="replay")
+    assert list(named.columns[:2]) == ["base", "replay"]
 
 
 def test_forgetting_cases_classifies_each_question():

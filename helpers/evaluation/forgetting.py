@@ -70,15 +70,17 @@ def probe_report(
     }
 
 
-def forgetting_table(before: dict, after: dict, threshold: float = 0.05):
+def forgetting_table(
+    before: dict, after: dict, threshold: float = 0.05, after_name: str = "fine-tuned"
+):
     """Probe accuracy before/after per category and overall; "forgot" if it fell > threshold."""
     import pandas as pd
 
     names = [*before["by_category"], "overall"]
     b = {**before["by_category"], "overall": before["accuracy"]}
     a = {**after["by_category"], "overall": after["accuracy"]}
-    table = pd.DataFrame({"base": b, "fine-tuned": a}).loc[names]
-    table["delta"] = table["fine-tuned"] - table["base"]
+    table = pd.DataFrame({"base": b, after_name: a}).loc[names]
+    table["delta"] = table[after_name] - table["base"]
     table["threshold"] = -threshold
     table["verdict"] = ["forgot" if d < -threshold - 1e-12 else "ok" for d in table["delta"]]
     return table
