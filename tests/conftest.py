@@ -1,5 +1,7 @@
 """Shared fixtures: the tiny model is built once per test session into a temporary cache."""
 
+import socket
+
 import pytest
 import torch
 
@@ -19,3 +21,26 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any real network connection fails the test."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a test tried to open a real network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+class RecordingProbe:
+    """A probe_url stand-in: answers True only for ``reachable`` URLs, records every call."""
+
+    def __init__(self, *reachable: str):
+        self.reachable = set(reachable)
+        self.urls: list[str] = []
+
+    def __call__(self, url: str) -> bool:
+        self.urls.append(url)
+        return url in self.reachable

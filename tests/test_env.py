@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import types
 import urllib.error
@@ -12,6 +11,7 @@ from collections import namedtuple
 from pathlib import Path
 
 import pytest
+from conftest import RecordingProbe
 
 from helpers import env
 from helpers.profiles import get_profile
@@ -30,18 +30,6 @@ def fake_disk(free_gb: float):
     return disk_usage
 
 
-class RecordingProbe:
-    """A probe_url stand-in: answers True only for ``reachable`` URLs, records every call."""
-
-    def __init__(self, *reachable: str):
-        self.reachable = set(reachable)
-        self.urls: list[str] = []
-
-    def __call__(self, url: str) -> bool:
-        self.urls.append(url)
-        return url in self.reachable
-
-
 class FakeSnapshot:
     """A snapshot_download stand-in that creates the folder it returns, with a config.json."""
 
@@ -58,14 +46,8 @@ class FakeSnapshot:
 
 
 @pytest.fixture(autouse=True)
-def isolated(monkeypatch, tmp_path):
+def isolated(monkeypatch, tmp_path, no_network):
     """No real network, no real caches, no hub settings leaking in from the machine."""
-
-    def no_network(*args, **kwargs):
-        raise AssertionError("a test tried to open a real network connection")
-
-    monkeypatch.setattr(socket.socket, "connect", no_network)
-    monkeypatch.setattr(socket, "create_connection", no_network)
     for var in ("COURSE_HUB", "HF_HUB_OFFLINE", "HF_HUB_CACHE", "XDG_CACHE_HOME"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))

@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-import socket
 import sys
 import types
 
 import pytest
+from conftest import RecordingProbe
 
 from helpers import env
 from helpers.evaluation import benchmarks
 
 GPU = env.GpuInfo("NVIDIA GeForce RTX 4090", 23.6, (8, 9), True)
-
-
-class RecordingProbe:
-    """A probe_url stand-in: answers True only for ``reachable`` URLs, records every call."""
-
-    def __init__(self, *reachable: str):
-        self.reachable = set(reachable)
-        self.urls: list[str] = []
-
-    def __call__(self, url: str) -> bool:
-        self.urls.append(url)
-        return url in self.reachable
 
 
 def fake_results(tasks, limit):
@@ -55,14 +43,8 @@ def fake_results(tasks, limit):
 
 
 @pytest.fixture(autouse=True)
-def isolated(monkeypatch):
+def isolated(monkeypatch, no_network):
     """No real network, no hub settings from the machine, and a GPU unless a test removes it."""
-
-    def no_network(*args, **kwargs):
-        raise AssertionError("a test tried to open a real network connection")
-
-    monkeypatch.setattr(socket.socket, "connect", no_network)
-    monkeypatch.setattr(socket, "create_connection", no_network)
     monkeypatch.setattr(env, "probe_url", RecordingProbe())  # reached only through env.probe_url
     for var in ("COURSE_HUB", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_ENDPOINT"):
         monkeypatch.delenv(var, raising=False)
