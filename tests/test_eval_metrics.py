@@ -164,7 +164,6 @@ def test_diff_html_marks_only_the_differences_and_escapes():
 
 
 def test_case_browser_filters_by_change():
-    pytest.importorskip("ipywidgets")
     t0, t1 = load_split("test")[:2]
     ref1 = t1["messages"][-1]["content"]
     base = _answers([("main_test", t0["id"], "x"), ("main_test", t1["id"], ref1)])

@@ -108,14 +108,25 @@ def test_probe_report_on_the_tiny_model(tiny):
     assert report["decoding"]["do_sample"] is False
 
 
+def _greedy(model, tokenizer, inputs: dict, n: int) -> str:
+    """Reference: one unbatched greedy generation, new tokens decoded."""
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=n, do_sample=False, pad_token_id=0)
+    return tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
 def test_generate_batch_continues_plain_text_and_chats(tiny):
     model, tokenizer = tiny
-    text = ev.generate_batch(model, tokenizer, ["问：一年有几个月？\n答："], 5, progress=False)
-    chat = ev.generate_batch(
-        model, tokenizer, [[{"role": "user", "content": "你好"}]], 5, progress=False
+    texts = ["问：一年有几个月？\n答：", "Q: What is 5 + 8?\nA:"]  # different lengths: padded
+    chat = [[{"role": "user", "content": "你好"}]]
+    got = ev.generate_batch(model, tokenizer, texts, 6, progress=False)
+    assert got == [_greedy(model, tokenizer, tokenizer(t, return_tensors="pt"), 6) for t in texts]
+    inputs = tokenizer.apply_chat_template(
+        chat[0], add_generation_prompt=True, return_tensors="pt", return_dict=True
     )
-    assert len(text) == len(chat) == 1
-    assert all(isinstance(x, str) for x in text + chat)
+    assert ev.generate_batch(model, tokenizer, chat, 6, progress=False) == [
+        _greedy(model, tokenizer, inputs, 6)
+    ]
 
 
 def test_behaviour_report_includes_rouge_and_is_reused_when_it_matches(tiny, tmp_path):

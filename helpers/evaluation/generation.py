@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from helpers.evaluation.metrics import rouge_l_chars
+from helpers.evaluation.metrics import rouge_l_chars, task_scores
 from helpers.profiles import Profile
 
 DECODING = {"do_sample": False, "num_beams": 1}  # greedy: deterministic, stated in every report
@@ -88,16 +88,12 @@ def eval_sets(profile: Profile) -> dict[str, list[dict]]:
 
 def behaviour_report(model, tokenizer, profile: Profile, progress: bool = True) -> dict[str, Any]:
     """Main-task JSON metrics and self-cognition hit rate on held-out data, with the answers."""
-    from helpers.data import score_answers
-
     sets = eval_sets(profile)
     test, cognition = sets["main_test"], sets["self_cognition"]
     answers = generate_batch(
         model, tokenizer, [prompt_messages(r, profile) for r in test], 64, progress=progress
     )
-    metrics = score_answers(answers, [r["messages"][-1]["content"] for r in test])
-    fields = [v for k, v in metrics.items() if k.startswith("field_")]
-    metrics["field_accuracy"] = sum(fields) / len(fields)
+    metrics = task_scores(answers, [r["messages"][-1]["content"] for r in test])
     replies = generate_batch(
         model, tokenizer, [prompt_messages(r, profile) for r in cognition], 48, progress=progress
     )

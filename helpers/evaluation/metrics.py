@@ -58,13 +58,18 @@ def probe_hit(reply: str, answers: Sequence[str]) -> bool:
     return False
 
 
-def row_scores(prediction: str, reference: str) -> dict[str, float]:
-    """One main-task answer: json_valid, exact_match, field_* (each 0 or 1) and their mean."""
+def task_scores(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Main-task scores: json_valid, exact_match, field_* and field_accuracy (their mean)."""
     from helpers.data import FIELDS, score_answers
 
-    scores = score_answers([prediction], [reference])
+    scores = score_answers(predictions, references)
     scores["field_accuracy"] = sum(scores[f"field_{f}"] for f in FIELDS) / len(FIELDS)
     return scores
+
+
+def row_scores(prediction: str, reference: str) -> dict[str, float]:
+    """One main-task answer scored (each score 0 or 1; field_accuracy in sixths)."""
+    return task_scores([prediction], [reference])
 
 
 def auroc(scores: Sequence[float], positive: Sequence[bool]) -> float | None:

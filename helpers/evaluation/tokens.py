@@ -15,6 +15,7 @@ model's own generated answer measures how sure it was.
 from __future__ import annotations
 
 import html
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -40,8 +41,6 @@ class TokenScores:
     @property
     def nll(self) -> float:
         """Summed negative log-likelihood of the answer (nats)."""
-        import math
-
         return -sum(math.log(max(p, 1e-45)) for p in self.probs)
 
     @property
