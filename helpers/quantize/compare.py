@@ -1,0 +1,270 @@
+"""Compare the deployable variants of one fine-tuned model on size, speed and quality.
+
+Every variant answers the same held-out rows with greedy decoding and is scored the same
+way as notebook 04: perplexity of the reference answers (assistant tokens only, teacher
+forcing) and the main task's field accuracy. transformers runs the 16-bit and bitsandbytes
+variants, llama.cpp the GGUF files; both use the same number of CPU threads.
+
+    >>> from helpers.quantize import Variant, compare_variants
+    >>> table = compare_variants([Variant("16-bit", "hf", merged_dir)], tokenizer, rows, 64)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way to ship the model: ``hf`` (transformers, optional bnb ``bits``) or ``gguf``."""
+
+    name: str
+    kind: str  # "hf" or "gguf"
+    path: Path
+    bits: int | None = None  # bitsandbytes 8 or 4 for kind "hf"; None = as saved
+    generate: bool = True  # False: skip generation (field accuracy), e.g. bnb on CPU (~1 tok/s)
+
+
+def _size_mb(path: Path) -> float:
+    files = [path] if path.is_file() else list(path.glob("*.safetensors"))
+    return sum(f.stat().st_size for f in files) / 2**20
+
+
+class HFRunner:
+    """A transformers model (16-bit as saved, or bitsandbytes 8/4-bit) behind one interface."""
+
+    def __init__(self, variant: Variant):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from helpers.quantize.merge import load_bnb
+
+        if variant.bits:
+            self.model, self.tokenizer = load_bnb(variant.path, variant.bits)
+            self.memory_mb = self.model.get_memory_footprint() / 2**20
+        else:
+            # CPUs without bfloat16 units run 16-bit matmuls several times slower, so on CPU
+            # the 16-bit file is computed in float32 (same weights, exactly representable).
+            dtype = "auto" if torch.cuda.is_available() else torch.float32
+            self.model = AutoModelForCausalLM.from_pretrained(variant.path, dtype=dtype).eval()
+            self.tokenizer = AutoTokenizer.from_pretrained(variant.path)
+            self.memory_mb = self.model.get_memory_footprint() / 2**20
+        self.torch = torch
+
+    def nll(self, ids: list[int], mask: list[int]) -> tuple[float, int]:
+        """Summed negative log-likelihood of the masked tokens, and their count."""
+        torch = self.torch
+        with torch.no_grad():
+            logits = self.model(input_ids=torch.tensor([ids])).logits[0].float()  # (seq, vocab)
+        pos = [t for t in range(len(ids) - 1) if mask[t + 1]]
+        logp = torch.log_softmax(logits[pos], dim=-1)
+        target = torch.tensor([ids[t + 1] for t in pos])
+        return -logp.gather(1, target[:, None]).sum().item(), len(pos)
+
+    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+        """Greedy continuation token ids (stops at EOS)."""
+        with self.torch.no_grad():
+            out = self.model.generate(
+                input_ids=self.torch.tensor([prompt_ids]),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+        return out[0, len(prompt_ids) :].tolist()
+
+    def speed(self, prompt_ids: list[int], n_new: int) -> tuple[float, float]:
+        """Prompt (prefill) and decode tokens per second."""
+        torch = self.torch
+        ids = torch.tensor([prompt_ids])
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            self.model(input_ids=ids)
+            prefill = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            self.model.generate(
+                input_ids=ids,
+                max_new_tokens=n_new,
+                min_new_tokens=n_new,
+                do_sample=False,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+            total = time.perf_counter() - t0
+        return len(prompt_ids) / prefill, n_new / max(total - prefill, 1e-9)
+
+
+class GGUFRunner:
+    """A GGUF file in llama.cpp (llama-cpp-python), fed the same token ids as transformers."""
+
+    def __init__(self, variant: Variant, n_ctx: int = 512):
+        import numpy as np
+        import torch
+
+        from helpers.quantize.gguf_export import _llama_cpp
+
+        # logits_all keeps every position's logits (n_ctx × vocab floats) for perplexity
+        self.llm = _llama_cpp().Llama(
+            str(variant.path),
+            n_ctx=n_ctx,
+            logits_all=True,
+            n_threads=torch.get_num_threads(),
+            verbose=False,
+        )
+        self.memory_mb = _size_mb(variant.path)
+        self.np = np
+
+    def nll(self, ids: list[int], mask: list[int]) -> tuple[float, int]:
+        """Summed negative log-likelihood of the masked tokens, and their count."""
+        np = self.np
+        self.llm.reset()
+        self.llm.eval(ids)
+        logits = np.asarray(self.llm.scores[: len(ids)], dtype=np.float64)  # (seq, vocab)
+        pos = [t for t in range(len(ids) - 1) if mask[t + 1]]
+        rows = logits[pos]
+        top = rows.max(axis=1, keepdims=True)
+        logz = (top + np.log(np.exp(rows - top).sum(axis=1, keepdims=True)))[:, 0]
+        picked = rows[np.arange(len(pos)), [ids[t + 1] for t in pos]]
+        return float((logz - picked).sum()), len(pos)
+
+    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+        """Greedy continuation token ids (stops at EOS)."""
+        self.llm.reset()
+        out: list[int] = []
+        for token in self.llm.generate(prompt_ids, temp=0.0, reset=True):
+            if token == self.llm.token_eos() or len(out) >= max_new_tokens:
+                break
+            out.append(token)
+        return out
+
+    def speed(self, prompt_ids: list[int], n_new: int) -> tuple[float, float]:
+        """Prompt (prefill) and decode tokens per second."""
+        self.llm.reset()
+        t0 = time.perf_counter()
+        self.llm.eval(prompt_ids)
+        prefill = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for _ in range(n_new):  # greedy, EOS ignored so every variant decodes n_new tokens
+            self.llm.eval([self.llm.sample(temp=0.0)])
+        return len(prompt_ids) / prefill, n_new / (time.perf_counter() - t0)
+
+    def close(self) -> None:
+        """Free llama.cpp's model and context now rather than at interpreter exit."""
+        self.llm.close()
+
+
+def load_runner(variant: Variant) -> tuple[HFRunner | GGUFRunner, float]:
+    """The variant loaded, and the seconds that took."""
+    t0 = time.perf_counter()
+    runner = GGUFRunner(variant) if variant.kind == "gguf" else HFRunner(variant)
+    return runner, time.perf_counter() - t0
+
+
+def measure_variant(
+    variant: Variant,
+    tokenizer,
+    conversations: Sequence[list[dict]],
+    max_new_tokens: int,
+    speed_tokens: int = 32,
+) -> dict:
+    """Size, load time, speed, perplexity and field accuracy of one variant; answers too.
+
+    ``conversations`` end with the reference answer; ``tokenizer`` is the one training used
+    (the adapter folder's: its template marks the answer tokens that perplexity scores).
+    """
+    import gc
+
+    from tqdm.auto import tqdm
+
+    from helpers.data.lossmask import loss_mask
+    from helpers.evaluation.metrics import task_scores
+
+    runner, load_s = load_runner(variant)
+    nll, n_tok, answers = 0.0, 0, []
+    for conv in tqdm(conversations, desc=variant.name, leave=False):
+        ids, mask = loss_mask({"messages": conv}, tokenizer, "assistant_only")
+        a, n = runner.nll(ids, mask)
+        nll, n_tok = nll + a, n_tok + n
+        prompt = tokenizer.apply_chat_template(
+            conv[:-1], tokenize=False, add_generation_prompt=True
+        )
+        prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+        if variant.generate:
+            new = runner.generate(prompt_ids, max_new_tokens)
+            answers.append(tokenizer.decode(new, skip_special_tokens=True))
+    prompt_tps, decode_tps = runner.speed(prompt_ids, speed_tokens)
+    nan = float("nan")
+    scores = (
+        task_scores(answers, [c[-1]["content"] for c in conversations])
+        if answers
+        else {"field_accuracy": nan, "json_valid": nan}
+    )
+    memory_mb = runner.memory_mb
+    if hasattr(runner, "close"):
+        runner.close()
+    del runner
+    gc.collect()
+    return {
+        "variant": variant.name,
+        # bitsandbytes quantizes at load time: no file of its own, so its size is in RAM
+        "size_mb": memory_mb if variant.bits else _size_mb(variant.path),
+        "size_of": "weights in RAM" if variant.bits else "file on disk",
+        "load_s": load_s,
+        "prompt_tok_s": prompt_tps,
+        "decode_tok_s": decode_tps,
+        "perplexity": math.exp(nll / n_tok),
+        "field_accuracy": scores["field_accuracy"],
+        "json_valid": scores["json_valid"],
+        "answers": answers,
+    }
+
+
+def compare_variants(
+    variants: Sequence[Variant],
+    tokenizer,
+    conversations: Sequence[list[dict]],
+    max_new_tokens: int,
+    speed_tokens: int = 32,
+):
+    """Measure every variant on the same rows; a DataFrame indexed by variant (answers apart)."""
+    import pandas as pd
+
+    rows = [
+        measure_variant(v, tokenizer, conversations, max_new_tokens, speed_tokens) for v in variants
+    ]
+    frame = pd.DataFrame([{k: v for k, v in r.items() if k != "answers"} for r in rows])
+    frame = frame.set_index("variant")
+    frame.attrs["answers"] = {r["variant"]: r["answers"] for r in rows}
+    return frame
+
+
+def plot_comparison(frame, title: str = "variants of the fine-tuned model"):
+    """Four panels: size, decode speed, perplexity, field accuracy (one bar per variant)."""
+    import matplotlib.pyplot as plt
+
+    panels = [
+        ("size_mb", "file size (MB)"),
+        ("decode_tok_s", "decode tokens/s"),
+        ("perplexity", "perplexity (lower is better)"),
+        ("field_accuracy", "field accuracy (higher is better)"),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
+    for ax, (col, label) in zip(axes, panels, strict=True):
+        values = frame[col].astype(float)
+        ax.bar(frame.index, values.fillna(0), color="tab:blue")
+        ax.set_title(label, fontsize=10)
+        ax.tick_params(axis="x", rotation=45, labelsize=8)
+        for i, v in enumerate(values):
+            ax.text(
+                i,
+                0 if math.isnan(v) else v,
+                "n/a" if math.isnan(v) else f"{v:.3g}",
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
