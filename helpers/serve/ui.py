@@ -1,0 +1,330 @@
+"""A browser chat where the base and the fine-tuned model answer the same prompt side by side.
+
+The page (Gradio) talks to the course's OpenAI-compatible server (:mod:`helpers.serve.server`)
+through the ``openai`` package and streams both answers at once, greedy (temperature 0) as the
+course evaluates. Failed API calls (wrong key, busy server, unknown model) show up in the chat.
+
+    >>> from helpers.serve.ui import chat_ui, launch_ui
+    >>> demo = chat_ui(h.url, h.api_key)  # h = start_server({"base": ..., "tuned": ...})
+    >>> url = launch_ui(demo)  # returns at once; demo.close() stops the page
+
+On AutoDL, ``launch_ui(demo, host="0.0.0.0", auth=("learner", password))`` serves port 6006,
+which the console's 自定义服务 (custom service) opens in your browser; keep the API server on
+another port then. No ``share=True`` tunnel: the page works offline and stays private.
+"""
+
+import os
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import gradio as gr
+    import openai
+
+ERROR_PREFIX = "⚠️ "  # an assistant message starting with this is a failed call, not an answer
+EMPTY_ANSWER = "*（没有可见的输出 / no visible text; finish_reason={}）*"
+_NOT_ANSWERS = (ERROR_PREFIX, EMPTY_ANSWER[:3])  # left out of the history sent to the model
+COLUMN_TITLES = ("基座模型 base", "微调模型 fine-tuned")
+ELEM_IDS = ("chat-base", "chat-tuned")  # stable DOM ids of the two chat columns
+
+_HINTS = {
+    400: "The server refused the request (its message says why), e.g. max tokens above its "
+    "limit or a conversation longer than the context: lower max tokens or Clear the chat.",
+    401: "Wrong or missing API key: pass chat_ui(url, api_key=h.api_key) with the key the server "
+    "was started with (start_server(..., api_key=...)).",
+    403: "The server refused this key: use the key the server was started with (h.api_key).",
+    404: "Not found: chat_ui(models=...) must name models the server serves (start_server's dict "
+    "keys; GET <base_url>/models lists them), and base_url must end in /v1 (use h.url).",
+    429: "The server is busy (too many requests at once, see its Limits): wait until the other "
+    "answer has finished, then send again.",
+    504: "The answer took longer than the server's time limit (Limits.timeout_s): lower max "
+    "tokens, or wait until the other requests have finished.",
+    500: "The server failed while answering: read the log of the cell that started it.",
+    503: "The server is not ready (still loading, or shutting down): wait a moment and resend.",
+}
+
+
+def _disable_gradio_analytics() -> None:
+    """No telemetry or version calls to the internet: classrooms may be offline."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+
+def _text(content: Any) -> str:
+    """The text of a chat message's content: a string, or Gradio 6's list of typed parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        return str(content.get("text") or "") if content.get("type", "text") == "text" else ""
+    if isinstance(content, list | tuple):
+        return "".join(_text(part) for part in content)
+    return ""
+
+
+def _api_messages(history: Sequence[dict], system: str | None) -> list[dict[str, str]]:
+    """A chat column's history as OpenAI messages; failed turns (and their question) left out."""
+    messages = [{"role": "system", "content": system}] if system else []
+    for message in history:
+        role, text = message.get("role"), _text(message.get("content"))
+        if role == "assistant" and text.startswith(_NOT_ANSWERS):
+            if messages and messages[-1]["role"] == "user":
+                messages.pop()
+            continue
+        if role in ("user", "assistant"):
+            messages.append({"role": role, "content": text})
+    return messages
+
+
+def _error_text(model: str, exc: Exception, base_url: str) -> str:
+    """A failed API call as a chat message the learner can act on."""
+    import openai
+
+    if isinstance(exc, openai.APIStatusError):
+        body = exc.body
+        detail = (body.get("message") or body.get("detail")) if isinstance(body, dict) else body
+        detail = str(detail or exc.message)[:300]
+        hint = _HINTS.get(exc.status_code, "")
+        return f"{ERROR_PREFIX}**{model}**: HTTP {exc.status_code}: {detail}\n\n{hint}".rstrip()
+    if isinstance(exc, openai.APITimeoutError):
+        return (
+            f"{ERROR_PREFIX}**{model}**: no answer from {base_url} in time. The server may be "
+            "overloaded or generating very long answers: lower max tokens and resend."
+        )
+    if isinstance(exc, openai.APIConnectionError):
+        return (
+            f"{ERROR_PREFIX}**{model}**: cannot reach {base_url}. Is the server still running? "
+            "Start it again (start_server) and pass its h.url to chat_ui."
+        )
+    if isinstance(exc, openai.APIError):  # e.g. an error event in the middle of a stream
+        return f"{ERROR_PREFIX}**{model}**: the server reported an error: {exc.message}"
+    return f"{ERROR_PREFIX}**{model}**: {type(exc).__name__}: {exc}"
+
+
+def _stream_answer(
+    client: "openai.OpenAI",
+    model: str,
+    messages: list[dict[str, str]],
+    max_tokens: int,
+    stop: threading.Event,
+) -> Iterator[tuple[str, str | None]]:
+    """(text piece, finish_reason) pairs of one streamed, greedy chat completion."""
+    stream = client.chat.completions.create(
+        model=model, messages=messages, max_tokens=max_tokens, temperature=0, stream=True
+    )
+    with stream:
+        for chunk in stream:
+            if stop.is_set():
+                return
+            if chunk.choices:
+                choice = chunk.choices[0]
+                yield choice.delta.content or "", choice.finish_reason
+
+
+def chat_ui(
+    base_url: str,
+    api_key: str | None,
+    models: tuple[str, str] = ("base", "tuned"),
+    *,
+    max_tokens: int = 256,
+    system: str | None = None,
+) -> "gr.Blocks":
+    """A Gradio page where ``models[0]`` (base) and ``models[1]`` (tuned) answer side by side."""
+    _disable_gradio_analytics()
+    import gradio as gr
+    import openai
+
+    from helpers.serve.server import Limits
+
+    if len(models) != 2 or not all(isinstance(m, str) and m for m in models):
+        raise ValueError(f"models must be two model names, (base, tuned); got {models!r}")
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
+    # No retries: a 429 or a dead server should show up at once, not after backoff.
+    client = openai.OpenAI(
+        base_url=base_url,
+        api_key=api_key or "no-key",  # the openai package insists on one; keyless servers ignore it
+        max_retries=0,
+        timeout=openai.Timeout(300.0, connect=10.0),
+    )
+
+    # Per browser session: a question waiting for its answers, and the answer being streamed.
+    # Each holds the Event that Clear sets to stop (or never start) that answer.
+    waiting: dict[str, threading.Event] = {}
+    answering: dict[str, threading.Event] = {}
+
+    def ask(message: str, history_a: list, history_b: list, request: gr.Request) -> tuple:
+        """Puts the question into both columns at once and locks the textbox until answered."""
+        message = (message or "").strip()
+        if not message:
+            return gr.skip()
+        waiting[request.session_hash] = threading.Event()
+        question = {"role": "user", "content": message}
+        locked = gr.Textbox(value="", interactive=False)
+        return [*(history_a or []), question], [*(history_b or []), dict(question)], locked
+
+    def respond(
+        history_a: list, history_b: list, limit: float, request: gr.Request
+    ) -> Iterator[tuple]:
+        """Streams both models' answers to the question that ``ask`` added to the columns."""
+        stop = waiting.pop(request.session_hash, None)
+        histories = (history_a or [], history_b or [])
+        if (
+            stop is None
+            or stop.is_set()
+            or not all(h and h[-1]["role"] == "user" for h in histories)
+        ):
+            yield gr.skip()  # no new question, or Clear came first
+            return
+        answering[request.session_hash] = stop
+        question = {"role": "user", "content": _text(histories[0][-1]["content"])}
+        requests = [[*_api_messages(h[:-1], system), question] for h in histories]
+        shown = [[*h, {"role": "assistant", "content": ""}] for h in histories]
+        events: queue.Queue = queue.Queue()
+
+        def work(i: int) -> None:
+            """Puts column ``i``'s pieces, then its end (an error text or a finish reason)."""
+            finish = None
+            try:
+                for piece, reason in _stream_answer(
+                    client, models[i], requests[i], int(limit), stop
+                ):
+                    finish = reason or finish
+                    if piece:
+                        events.put((i, "piece", piece))
+                events.put((i, "done", finish))
+            except Exception as exc:  # every failure belongs in the chat, not in a server log
+                events.put((i, "error", _error_text(models[i], exc, base_url)))
+
+        for i in range(2):
+            threading.Thread(target=work, args=(i,), daemon=True).start()
+        yield shown
+        try:
+            running = 2
+            while running:
+                try:
+                    batch = [events.get(timeout=0.1)]
+                except queue.Empty:
+                    batch = []
+                if stop.is_set():  # Clear was pressed: the cleared columns are the last word
+                    yield [], []
+                    return
+                while not events.empty():
+                    batch.append(events.get_nowait())
+                for i, kind, value in batch:
+                    answer = shown[i][-1]
+                    if kind == "piece":
+                        answer["content"] += value
+                    elif kind == "error":
+                        answer["content"] = value
+                        running -= 1
+                    else:
+                        if not answer["content"].strip():
+                            answer["content"] = EMPTY_ANSWER.format(value)
+                        running -= 1
+                if batch:
+                    yield shown
+        finally:  # done, or the page went away: the workers close their streams
+            stop.set()
+            if answering.get(request.session_hash) is stop:
+                del answering[request.session_hash]
+
+    def clear_chat(request: gr.Request) -> tuple:
+        """Empties both columns and stops this page's waiting or running answer."""
+        for pending in (waiting, answering):
+            stop = pending.pop(request.session_hash, None)
+            if stop is not None:
+                stop.set()
+        return [], [], ""
+
+    with gr.Blocks(title="Base vs fine-tuned", analytics_enabled=False) as demo:
+        gr.Markdown(
+            "## 同一个问题，两个模型 · base vs fine-tuned\n"
+            f"Server `{base_url}` · greedy (temperature 0)"
+            + (f" · system prompt: *{system}*" if system else "")
+        )
+        chats = []
+        with gr.Row():
+            for title, model, elem_id in zip(COLUMN_TITLES, models, ELEM_IDS, strict=True):
+                with gr.Column():
+                    gr.Markdown(f"### {title}: `{model}`")
+                    chats.append(
+                        gr.Chatbot(
+                            label=model,
+                            show_label=False,
+                            elem_id=elem_id,
+                            height=420,
+                            buttons=["copy", "copy_all"],
+                            feedback_options=None,
+                        )
+                    )
+        with gr.Row():
+            box = gr.Textbox(
+                placeholder="输入问题，回车发送 / type a prompt, Enter sends",
+                show_label=False,
+                scale=6,
+                elem_id="prompt",
+            )
+            send = gr.Button("发送 Send", variant="primary", scale=1, elem_id="send")
+            clear = gr.Button("清空 Clear", scale=1, elem_id="clear")
+        top = max(Limits().max_tokens, max_tokens)  # the server refuses more than its limit
+        limit = gr.Slider(1, top, value=max_tokens, step=1, label="max tokens", elem_id="limit")
+        for trigger in (send.click, box.submit):
+            trigger(ask, [box, *chats], [*chats, box], queue=False).then(
+                respond, [*chats, limit], chats, show_progress="minimal", concurrency_id="chat"
+            ).then(lambda: gr.Textbox(interactive=True), None, box, queue=False)
+        for trigger in (clear.click, *(chat.clear for chat in chats)):
+            trigger(clear_chat, None, [*chats, box], queue=False)
+    return demo
+
+
+def launch_ui(
+    demo: "gr.Blocks",
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    auth: tuple[str, str] | None = None,
+    inline: bool | None = None,
+) -> str:
+    """Starts ``demo`` in the background (no public share link) and returns its URL."""
+    from helpers.env import detect_platform
+    from helpers.serve.server import default_port, is_loopback
+
+    _disable_gradio_analytics()
+    if auth is not None and (
+        len(auth) != 2 or not all(isinstance(part, str) and part for part in auth)
+    ):
+        raise ValueError("auth must be a (username, password) pair of non-empty strings")
+    if auth is None and not is_loopback(host):
+        raise ValueError(
+            f"launch_ui(host={host!r}) would let anyone who can reach this machine chat with "
+            "your models through the page, which uses the server's API key for them. Pass a "
+            "login, e.g. "
+            f"launch_ui(demo, host={host!r}, auth=('learner', '<a password>')), or keep the "
+            "default host='127.0.0.1' (this machine only)."
+        )
+    autodl = detect_platform() == "autodl"
+    if port is None and autodl:
+        port = default_port()  # AutoDL's custom service forwards only this port
+    try:
+        _, url, _ = demo.launch(
+            server_name=host,
+            server_port=port,
+            auth=auth,
+            inline=inline,
+            share=False,  # no tunnel to a public relay: offline classrooms, private models
+            prevent_thread_lock=True,
+            quiet=True,
+        )
+    except OSError as exc:
+        taken = f"Port {port} is taken" if port else "No free port from 7860 on"
+        raise OSError(
+            f"{taken}. Stop what runs there (an earlier UI: demo.close(); the API "
+            "server: h.stop()) or pass another port. On AutoDL only port 6006 is forwarded: "
+            "run the API server on another port (start_server(..., port=8000)) and the UI on 6006."
+        ) from exc
+    note = "demo.close() stops it"
+    if autodl and not is_loopback(host):
+        note += f"; from your browser: AutoDL console -> 自定义服务 (port {port})"
+    print(f"Chat UI running on {url} ({note})")
+    return url
