@@ -159,3 +159,68 @@ def check_04_2(answer: int | None, scores) -> bool:
     where = "没有分歧" if expected < 0 else f"第 {expected} 个 token"
     print(f"✅ 正确：{where}。")
     return True
+
+
+def check_05_1(answer: float | None, gguf_path, n_params: int) -> bool:
+    """05 练习 1: average bits per weight of a GGUF file."""
+    from pathlib import Path
+
+    if _unanswered(answer):
+        return False
+    expected = Path(gguf_path).stat().st_size * 8 / n_params
+    assert abs(answer - expected) <= 0.02 * expected, (
+        f"{answer} 不对。提示：文件字节数 × 8 / 参数个数（Path.stat().st_size 给出字节数）。"
+    )
+    print(
+        f"✅ 正确：约 {expected:.2f} 位/参数（名义 4 位：嵌入、部分矩阵用了更多位，外加元数据）。"
+    )
+    return True
+
+
+def check_05_2(answer: str | None, table) -> bool:
+    """05 练习 2: the smallest file variant within 0.02 field accuracy and 5% perplexity."""
+    if _unanswered(answer):
+        return False
+    ref = table.loc["16-bit"]
+    files = table.loc[[n for n in table.index if n == "16-bit" or n.startswith("gguf")]]
+    ok = files[
+        (files["field_accuracy"] >= ref["field_accuracy"] - 0.02)
+        & (files["perplexity"] <= ref["perplexity"] * 1.05)
+    ]
+    expected = ok["size_mb"].idxmin()
+    assert answer == expected, (
+        f"{answer!r} 不对。提示：只看 16-bit 和 gguf-*；先按两个质量条件筛选，再取 size_mb 最小的。"
+    )
+    print(f"✅ 正确：{expected}（{ok.loc[expected, 'size_mb']:.0f} MB）。")
+    return True
+
+
+def check_06_1(headers: dict | None, base_url: str) -> bool:
+    """06 练习 1: request headers that authenticate with the course server (really sent)."""
+    import httpx
+
+    if _unanswered(headers):
+        return False
+    body = {"model": "tuned", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+    response = httpx.post(f"{base_url}/chat/completions", json=body, headers=headers, timeout=60)
+    assert response.status_code == 200, (
+        f"服务回答 {response.status_code}：{response.text[:120]}。"
+        "提示：{'Authorization': 'Bearer ' + API_KEY}。"
+    )
+    print("✅ 正确：服务接受了这个 key（200）。")
+    return True
+
+
+def check_06_2(answer: float | None, latencies) -> bool:
+    """06 练习 2: the 95th percentile of latencies, linear interpolation between ranks."""
+    import numpy as np
+
+    if _unanswered(answer):
+        return False
+    expected = float(np.percentile(latencies, 95))
+    assert abs(answer - expected) <= 1e-6, (
+        f"{answer} 不对。提示：排序后 pos = (n-1)*0.95，"
+        "在 floor(pos) 和 ceil(pos) 两个值之间线性插值。"
+    )
+    print(f"✅ 正确：p95 = {expected:.3f} s（{len(latencies)} 个请求）。")
+    return True

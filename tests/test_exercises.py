@@ -63,3 +63,47 @@ def test_04_exercises_check_perplexity_and_first_divergence():
         exercises.check_04_2(2, scores)
     same = TokenScores("y", [5], [1.0], [5], [1.0], [0.0])
     assert exercises.check_04_2(-1, same)
+
+
+def test_05_exercises_check_bits_per_weight_and_variant_choice(tmp_path):
+    import pandas as pd
+
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"x" * 1000)  # 8000 bits
+    assert exercises.check_05_1(None, gguf, 1600) is False
+    assert exercises.check_05_1(5.0, gguf, 1600)
+    with pytest.raises(AssertionError, match="字节"):
+        exercises.check_05_1(1000 / 1600, gguf, 1600)  # forgot the × 8
+    table = pd.DataFrame(
+        {
+            "size_mb": [500, 300, 270, 150, 130],
+            "field_accuracy": [0.70, 0.70, 0.60, 0.69, 0.60],
+            "perplexity": [1.10, 1.20, 1.10, 1.12, 1.30],
+        },
+        index=["16-bit", "bnb-8bit", "bnb-4bit", "gguf-q8_0", "gguf-q4_k_m"],
+    )
+    assert exercises.check_05_2("gguf-q8_0", table)  # q4 too bad; bnb has no file
+    with pytest.raises(AssertionError):
+        exercises.check_05_2("gguf-q4_k_m", table)
+
+
+def test_06_exercises_check_auth_headers_against_a_server_and_p95():
+    import numpy as np
+
+    from helpers.serve import start_server
+    from helpers.serve.backend import ChatResult
+
+    class Echo:
+        def chat(self, messages, **kwargs):
+            yield "ok"
+            yield ChatResult(prompt_tokens=1, completion_tokens=1)
+
+    with start_server({"tuned": Echo()}, port=0, api_key="k") as server:
+        assert exercises.check_06_1(None, server.url) is False
+        assert exercises.check_06_1({"Authorization": "Bearer k"}, server.url)
+        with pytest.raises(AssertionError, match="401"):
+            exercises.check_06_1({"Authorization": "k"}, server.url)
+    latencies = [0.5, 0.1, 0.3, 0.9, 0.2]
+    assert exercises.check_06_2(float(np.percentile(latencies, 95)), latencies)
+    with pytest.raises(AssertionError):
+        exercises.check_06_2(max(latencies), latencies)
