@@ -85,12 +85,21 @@ def _generate_keywords() -> set[str]:
     return params | fields | {"input_ids", "attention_mask", "pad_token_id", "eos_token_id"}
 
 
+def _llama_cpp_generate_keywords() -> set[str]:
+    """What llama-cpp-python's ``Llama.generate`` accepts (the course calls it as llm.generate)."""
+    import llama_cpp
+    return _allowed_keywords(llama_cpp.Llama.generate) or set()
+
+
 def _calls():
     for label, source in _sources():
         for node in ast.walk(ast.parse(source)):
             if isinstance(node, ast.Call):
                 func = node.func
                 name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
+                receiver = getattr(getattr(func, "value", None), "attr", None)
+                if name == "generate" and receiver == "llm":  # a llama_cpp.Llama, not transformers
+                    name = "Llama.generate"
                 keywords = [k.arg for k in node.keywords if k.arg is not None]
                 if name and keywords:
                     yield label, node.lineno, name, keywords
@@ -104,10 +113,13 @@ def test_the_scan_sees_the_course_code():
 
 def test_keywords_passed_to_library_classes_exist():
     generate_ok = _generate_keywords()
+    llama_generate_ok = _llama_cpp_generate_keywords()
     problems = []
     for label, line, name, keywords in _calls():
         if name == "generate":
             allowed = generate_ok
+        elif name == "Llama.generate":
+            allowed = llama_generate_ok
         else:
             target = _library_callable(name)
             allowed = _allowed_keywords(target) if target is not None else None
