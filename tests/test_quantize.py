@@ -198,6 +198,14 @@ def test_compare_variants_measures_every_column(chain):
     assert set(frame.attrs["answers"]) == set(frame.index)
 
 
+def test_gpu_formats_refuse_to_run_without_a_gpu(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="GPTQ W4A16: skipped: needs a CUDA GPU"):
+        quantize.quantize_gpu_format(tmp_path, tmp_path / "out", "GPTQ W4A16", ["hi"])
+    with pytest.raises(ValueError, match="AWQ W4A16"):
+        quantize.quantize_gpu_format(tmp_path, tmp_path / "out", "GGML", ["hi"])
+
+
 def test_gpu_formats_skip_cleanly_on_cpu():
     rows = quantize.gpu_formats_status(cuda_available=False)
     assert {r["format"] for r in rows} == set(quantize.GPU_FORMATS)

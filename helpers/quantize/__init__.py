@@ -3,7 +3,8 @@
 - ``merge``: LoRA merged into the unquantized base with a logits check; bitsandbytes loading
 - ``gguf_export``: llama.cpp's converter and quantizer (f16, q8_0, q4_k_m); template/EOS checks
 - ``compare``: size, load time, prompt/decode speed, perplexity and field accuracy per variant
-- :func:`gpu_formats_status`: GPTQ/AWQ need a GPU; on CPU they are skipped with the reason
+- :func:`quantize_gpu_format`: GPTQ/AWQ through llm-compressor, GPU only;
+  :func:`gpu_formats_status` says why they are skipped elsewhere
 
     >>> from helpers import quantize
     >>> report = quantize.merge_adapter(base_dir, adapter_dir, "outputs/merged/tiny")
@@ -13,6 +14,8 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
+from pathlib import Path
 
 from helpers.quantize.compare import Variant, compare_variants, measure_variant, plot_comparison
 from helpers.quantize.gguf_export import (
@@ -30,8 +33,9 @@ from helpers.quantize.gguf_export import (
 )
 from helpers.quantize.merge import QuantizedBaseError, inference_template, load_bnb, merge_adapter
 
-# GPU-only weight formats and the package that produces each (installed on a GPU machine only).
-GPU_FORMATS = {"GPTQ (4-bit)": "gptqmodel", "AWQ (4-bit)": "llmcompressor"}
+# GPU-only weight formats: 4-bit weights, 16-bit activations, calibrated on sample inputs;
+# llm-compressor writes them in the compressed-tensors format that vLLM loads directly.
+GPU_FORMATS = {"GPTQ W4A16": "llmcompressor", "AWQ W4A16": "llmcompressor"}
 
 
 def gpu_formats_status(cuda_available: bool | None = None) -> list[dict]:
@@ -50,6 +54,45 @@ def gpu_formats_status(cuda_available: bool | None = None) -> list[dict]:
             reason = "available"
         rows.append({"format": fmt, "package": package, "status": reason})
     return rows
+
+
+def quantize_gpu_format(
+    merged_dir: str | Path,
+    out_dir: str | Path,
+    fmt: str,
+    calibration: Sequence[str],
+    max_seq_length: int = 512,
+) -> Path:
+    """GPTQ or AWQ (W4A16) with llm-compressor on a GPU; raises with the reason elsewhere.
+
+    ``calibration`` are texts like the deployment's inputs (e.g. chat-templated training rows);
+    the result is a compressed-tensors checkpoint that ``vllm serve`` loads as it is.
+    """
+    status = {r["format"]: r["status"] for r in gpu_formats_status()}
+    if fmt not in status:
+        raise ValueError(f"fmt must be one of {sorted(status)}, not {fmt!r}")
+    if status[fmt] != "available":
+        raise RuntimeError(f"{fmt}: {status[fmt]}")
+    from datasets import Dataset
+    from llmcompressor import oneshot
+    from llmcompressor.modifiers.awq import AWQModifier
+    from llmcompressor.modifiers.quantization import GPTQModifier
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype="auto", device_map="cuda")
+    tokenizer = AutoTokenizer.from_pretrained(merged_dir)
+    ids = [tokenizer(t, truncation=True, max_length=max_seq_length).input_ids for t in calibration]
+    modifier = GPTQModifier if fmt.startswith("GPTQ") else AWQModifier
+    oneshot(
+        model=model,
+        dataset=Dataset.from_dict({"input_ids": ids}),
+        recipe=modifier(targets="Linear", scheme="W4A16", ignore=["lm_head"]),
+        max_seq_length=max_seq_length,
+        num_calibration_samples=len(ids),
+    )
+    model.save_pretrained(out_dir, save_compressed=True)
+    tokenizer.save_pretrained(out_dir)
+    return Path(out_dir)
 
 
 __all__ = [
@@ -74,4 +117,5 @@ __all__ = [
     "merge_adapter",
     "plot_comparison",
     "quantize_gguf",
+    "quantize_gpu_format",
 ]
