@@ -463,6 +463,25 @@ def test_greedy_server_answer_equals_backend(tiny_backend, tiny_server):
     assert chunks[-1].choices[0].finish_reason == answer.choices[0].finish_reason
 
 
+def test_each_request_starts_from_an_empty_cache(tiny_backend, monkeypatch):
+    """No prefix reuse between requests: a repeated greedy request is evaluated the same way.
+
+    (Reusing the cached prefix evaluates the prompt's tail in another batch shape; on a real
+    q4_k_m model that flipped a near-tie and changed the greedy answer.)
+    """
+    evaluated: list[int] = []
+    eval_tokens = tiny_backend.llm.eval
+    monkeypatch.setattr(
+        tiny_backend.llm, "eval", lambda t: (evaluated.append(len(t)), eval_tokens(t))[1]
+    )
+    first, _ = direct_answer(tiny_backend, HI, max_tokens=4)
+    prompt_batch = evaluated[0]
+    evaluated.clear()
+    second, _ = direct_answer(tiny_backend, HI, max_tokens=4)
+    assert evaluated[0] == prompt_batch, "the second request reused the first one's cache"
+    assert first == second
+
+
 def test_stop_strings_cut_the_answer(tiny_backend, tiny_server):
     text, _ = direct_answer(tiny_backend, HI)
     assert len(text) >= 6, f"the tiny model's greedy answer is too short: {text!r}"

@@ -154,6 +154,10 @@ class LlamaCppBackend:
             vocab = self.llm._model.vocab
             out: list[int] = []
             sent, finish, text = 0, "length", ""
+            # Forget the previous request's tokens: llama-cpp-python would otherwise reuse the
+            # common prefix and evaluate only the rest, in a different batch shape whose rounding
+            # can flip a near-tie, so the same greedy request could get a different answer.
+            self.llm.reset()
             # top_k=0 and min_p=0 switch llama.cpp's extra samplers off: OpenAI (and vLLM)
             # semantics, temperature and top_p only; temperature 0 samples greedily.
             tokens = self.llm.generate(
