@@ -26,7 +26,7 @@ class Variant:
     kind: str  # "hf" or "gguf"
     path: Path
     bits: int | None = None  # bitsandbytes 8 or 4 for kind "hf"; None = as saved
-    generate: bool = True  # False: skip generation (field accuracy), e.g. bnb on CPU (~1 tok/s)
+    generate: bool = True  # False: skip generation (field accuracy), e.g. bnb on CPU (slow)
 
 
 def _size_mb(path: Path) -> float:
@@ -49,17 +49,25 @@ class HFRunner:
         else:
             # CPUs without bfloat16 units run 16-bit matmuls several times slower, so on CPU
             # the 16-bit file is computed in float32 (same weights, exactly representable).
-            dtype = "auto" if torch.cuda.is_available() else torch.float32
-            self.model = AutoModelForCausalLM.from_pretrained(variant.path, dtype=dtype).eval()
+            gpu = torch.cuda.is_available()
+            self.model = AutoModelForCausalLM.from_pretrained(
+                variant.path,
+                dtype="auto" if gpu else torch.float32,
+                device_map={"": "cuda" if gpu else "cpu"},
+            ).eval()
             self.tokenizer = AutoTokenizer.from_pretrained(variant.path)
             self.memory_mb = self.model.get_memory_footprint() / 2**20
         self.torch = torch
+        self.device = self.model.device
+
+    def _ids(self, ids: list[int]):
+        return self.torch.tensor([ids], device=self.device)  # (1, seq)
 
     def nll(self, ids: list[int], mask: list[int]) -> tuple[float, int]:
         """Summed negative log-likelihood of the masked tokens, and their count."""
         torch = self.torch
         with torch.no_grad():
-            logits = self.model(input_ids=torch.tensor([ids])).logits[0].float()  # (seq, vocab)
+            logits = self.model(input_ids=self._ids(ids)).logits[0].float().cpu()  # (seq, vocab)
         pos = [t for t in range(len(ids) - 1) if mask[t + 1]]
         logp = torch.log_softmax(logits[pos], dim=-1)
         target = torch.tensor([ids[t + 1] for t in pos])
@@ -69,7 +77,7 @@ class HFRunner:
         """Greedy continuation token ids (stops at EOS)."""
         with self.torch.no_grad():
             out = self.model.generate(
-                input_ids=self.torch.tensor([prompt_ids]),
+                input_ids=self._ids(prompt_ids),
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 pad_token_id=self.tokenizer.pad_token_id,
@@ -79,10 +87,13 @@ class HFRunner:
     def speed(self, prompt_ids: list[int], n_new: int) -> tuple[float, float]:
         """Prompt (prefill) and decode tokens per second."""
         torch = self.torch
-        ids = torch.tensor([prompt_ids])
+        ids = self._ids(prompt_ids)
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else lambda: None
         with torch.no_grad():
+            sync()
             t0 = time.perf_counter()
             self.model(input_ids=ids)
+            sync()  # GPU kernels run asynchronously: wait for them before reading the clock
             prefill = time.perf_counter() - t0
             t0 = time.perf_counter()
             self.model.generate(
@@ -92,6 +103,7 @@ class HFRunner:
                 do_sample=False,
                 pad_token_id=self.tokenizer.pad_token_id,
             )
+            sync()
             total = time.perf_counter() - t0
         return len(prompt_ids) / prefill, n_new / max(total - prefill, 1e-9)
 
