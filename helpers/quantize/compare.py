@@ -34,60 +34,52 @@ def _size_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in files) / 2**20
 
 
+def prompt_ids(tokenizer, conversation: list[dict]) -> list[int]:
+    """Token ids of a conversation's prompt (all but the answer) with the reply cue."""
+    text = tokenizer.apply_chat_template(
+        conversation[:-1], tokenize=False, add_generation_prompt=True
+    )
+    return tokenizer(text, add_special_tokens=False).input_ids
+
+
 class HFRunner:
     """A transformers model (16-bit as saved, or bitsandbytes 8/4-bit) behind one interface."""
 
     def __init__(self, variant: Variant):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
-        from helpers.quantize.merge import load_bnb
+        from helpers.quantize.merge import compute_dtype, load_bnb
 
         if variant.bits:
-            self.model, self.tokenizer = load_bnb(variant.path, variant.bits)
-            self.memory_mb = self.model.get_memory_footprint() / 2**20
+            self.model, _ = load_bnb(variant.path, variant.bits)
         else:
             # CPUs without bfloat16 units run 16-bit matmuls several times slower, so on CPU
             # the 16-bit file is computed in float32 (same weights, exactly representable).
-            gpu = torch.cuda.is_available()
             self.model = AutoModelForCausalLM.from_pretrained(
                 variant.path,
-                dtype="auto" if gpu else torch.float32,
-                device_map={"": "cuda" if gpu else "cpu"},
+                dtype=compute_dtype(),
+                device_map={"": "cuda" if torch.cuda.is_available() else "cpu"},
             ).eval()
-            self.tokenizer = AutoTokenizer.from_pretrained(variant.path)
-            self.memory_mb = self.model.get_memory_footprint() / 2**20
+        self.memory_mb = self.model.get_memory_footprint() / 2**20
         self.torch = torch
         self.device = self.model.device
 
-    def _ids(self, ids: list[int]):
-        return self.torch.tensor([ids], device=self.device)  # (1, seq)
+    def evaluate(self, tokenizer, conversations, max_new_tokens: int, generate: bool):
+        """Perplexity of the reference answers and greedy answers: notebook 04's own functions."""
+        from helpers.evaluation.generation import generate_batch
+        from helpers.evaluation.tokens import score_tokens, set_perplexity
 
-    def nll(self, ids: list[int], mask: list[int]) -> tuple[float, int]:
-        """Summed negative log-likelihood of the masked tokens, and their count."""
-        torch = self.torch
-        with torch.no_grad():
-            logits = self.model(input_ids=self._ids(ids)).logits[0].float().cpu()  # (seq, vocab)
-        pos = [t for t in range(len(ids) - 1) if mask[t + 1]]
-        logp = torch.log_softmax(logits[pos], dim=-1)
-        target = torch.tensor([ids[t + 1] for t in pos])
-        return -logp.gather(1, target[:, None]).sum().item(), len(pos)
+        ppl = set_perplexity(score_tokens(self.model, tokenizer, conversations, progress=False))
+        if not generate:
+            return ppl, []
+        prompts = [c[:-1] for c in conversations]
+        return ppl, generate_batch(self.model, tokenizer, prompts, max_new_tokens, progress=False)
 
-    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
-        """Greedy continuation token ids (stops at EOS)."""
-        with self.torch.no_grad():
-            out = self.model.generate(
-                input_ids=self._ids(prompt_ids),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=self.tokenizer.pad_token_id,
-            )
-        return out[0, len(prompt_ids) :].tolist()
-
-    def speed(self, prompt_ids: list[int], n_new: int) -> tuple[float, float]:
+    def speed(self, prompt: list[int], n_new: int) -> tuple[float, float]:
         """Prompt (prefill) and decode tokens per second."""
         torch = self.torch
-        ids = self._ids(prompt_ids)
+        ids = torch.tensor([prompt], device=self.device)  # (1, prompt_len)
         sync = torch.cuda.synchronize if self.device.type == "cuda" else lambda: None
         with torch.no_grad():
             sync()
@@ -101,11 +93,11 @@ class HFRunner:
                 max_new_tokens=n_new,
                 min_new_tokens=n_new,
                 do_sample=False,
-                pad_token_id=self.tokenizer.pad_token_id,
+                pad_token_id=self.model.generation_config.pad_token_id,
             )
             sync()
             total = time.perf_counter() - t0
-        return len(prompt_ids) / prefill, n_new / max(total - prefill, 1e-9)
+        return len(prompt) / prefill, n_new / max(total - prefill, 1e-9)
 
 
 class GGUFRunner:
@@ -141,26 +133,42 @@ class GGUFRunner:
         picked = rows[np.arange(len(pos)), [ids[t + 1] for t in pos]]
         return float((logz - picked).sum()), len(pos)
 
-    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+    def generate(self, prompt: list[int], max_new_tokens: int) -> list[int]:
         """Greedy continuation token ids (stops at EOS)."""
         self.llm.reset()
         out: list[int] = []
-        for token in self.llm.generate(prompt_ids, temp=0.0, reset=True):
+        for token in self.llm.generate(prompt, temp=0.0, reset=True):
             if token == self.llm.token_eos() or len(out) >= max_new_tokens:
                 break
             out.append(token)
         return out
 
-    def speed(self, prompt_ids: list[int], n_new: int) -> tuple[float, float]:
+    def evaluate(self, tokenizer, conversations, max_new_tokens: int, generate: bool):
+        """Perplexity of the reference answers (training's loss mask) and greedy answers."""
+        from tqdm.auto import tqdm
+
+        from helpers.data.lossmask import loss_mask
+        from helpers.evaluation.metrics import perplexity
+
+        nll, n_tok, answers = 0.0, 0, []
+        for conv in tqdm(conversations, desc="llama.cpp", leave=False):
+            a, n = self.nll(*loss_mask({"messages": conv}, tokenizer, "assistant_only"))
+            nll, n_tok = nll + a, n_tok + n
+            if generate:
+                new = self.generate(prompt_ids(tokenizer, conv), max_new_tokens)
+                answers.append(tokenizer.decode(new, skip_special_tokens=True))
+        return perplexity(nll, n_tok), answers
+
+    def speed(self, prompt: list[int], n_new: int) -> tuple[float, float]:
         """Prompt (prefill) and decode tokens per second."""
         self.llm.reset()
         t0 = time.perf_counter()
-        self.llm.eval(prompt_ids)
+        self.llm.eval(prompt)
         prefill = time.perf_counter() - t0
         t0 = time.perf_counter()
         for _ in range(n_new):  # greedy, EOS ignored so every variant decodes n_new tokens
             self.llm.eval([self.llm.sample(temp=0.0)])
-        return len(prompt_ids) / prefill, n_new / (time.perf_counter() - t0)
+        return len(prompt) / prefill, n_new / (time.perf_counter() - t0)
 
     def close(self) -> None:
         """Free llama.cpp's model and context now rather than at interpreter exit."""
@@ -188,25 +196,11 @@ def measure_variant(
     """
     import gc
 
-    from tqdm.auto import tqdm
-
-    from helpers.data.lossmask import loss_mask
     from helpers.evaluation.metrics import task_scores
 
     runner, load_s = load_runner(variant)
-    nll, n_tok, answers = 0.0, 0, []
-    for conv in tqdm(conversations, desc=variant.name, leave=False):
-        ids, mask = loss_mask({"messages": conv}, tokenizer, "assistant_only")
-        a, n = runner.nll(ids, mask)
-        nll, n_tok = nll + a, n_tok + n
-        prompt = tokenizer.apply_chat_template(
-            conv[:-1], tokenize=False, add_generation_prompt=True
-        )
-        prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
-        if variant.generate:
-            new = runner.generate(prompt_ids, max_new_tokens)
-            answers.append(tokenizer.decode(new, skip_special_tokens=True))
-    prompt_tps, decode_tps = runner.speed(prompt_ids, speed_tokens)
+    ppl, answers = runner.evaluate(tokenizer, conversations, max_new_tokens, variant.generate)
+    prompt_tps, decode_tps = runner.speed(prompt_ids(tokenizer, conversations[-1]), speed_tokens)
     nan = float("nan")
     scores = (
         task_scores(answers, [c[-1]["content"] for c in conversations])
@@ -226,7 +220,7 @@ def measure_variant(
         "load_s": load_s,
         "prompt_tok_s": prompt_tps,
         "decode_tok_s": decode_tps,
-        "perplexity": math.exp(nll / n_tok),
+        "perplexity": ppl,
         "field_accuracy": scores["field_accuracy"],
         "json_valid": scores["json_valid"],
         "answers": answers,

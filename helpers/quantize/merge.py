@@ -118,11 +118,21 @@ def merge_adapter(
     }
 
 
-def load_bnb(path: str | Path, bits: int, compute_dtype: str = "float32"):
+def compute_dtype():
+    """float32 on CPU; on a GPU bfloat16 where supported (Ampere+), else float16 (T4)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def load_bnb(path: str | Path, bits: int):
     """Load a merged checkpoint with bitsandbytes in 8-bit (LLM.int8) or 4-bit NF4."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
+    dtype = compute_dtype()
     if bits == 8:
         config = BitsAndBytesConfig(load_in_8bit=True)
     elif bits == 4:
@@ -130,15 +140,12 @@ def load_bnb(path: str | Path, bits: int, compute_dtype: str = "float32"):
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",  # normal-float 4-bit, as in QLoRA
             bnb_4bit_use_double_quant=True,  # quantize the scales too (~0.4 bit/param saved)
-            bnb_4bit_compute_dtype=getattr(torch, compute_dtype),
+            bnb_4bit_compute_dtype=dtype,
         )
     else:
         raise ValueError(f"bits must be 8 or 4, not {bits}")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = AutoModelForCausalLM.from_pretrained(
-        path,
-        quantization_config=config,
-        device_map={"": device},
-        dtype=getattr(torch, compute_dtype),
+        path, quantization_config=config, device_map={"": device}, dtype=dtype
     )
     return model.eval(), AutoTokenizer.from_pretrained(path)
