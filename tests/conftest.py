@@ -69,15 +69,3 @@ def no_network(monkeypatch):
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
-
-
-class RecordingProbe:
-    """A probe_url stand-in: answers True only for ``reachable`` URLs, records every call."""
-
-    def __init__(self, *reachable: str):
-        self.reachable = set(reachable)
-        self.urls: list[str] = []
-
-    def __call__(self, url: str) -> bool:
-        self.urls.append(url)
-        return url in self.reachable

@@ -11,7 +11,7 @@ from collections import namedtuple
 from pathlib import Path
 
 import pytest
-from conftest import RecordingProbe
+from fakes import RecordingProbe
 
 from helpers import env
 from helpers.profiles import get_profile

@@ -6,7 +6,7 @@ import sys
 import types
 
 import pytest
-from conftest import RecordingProbe
+from fakes import RecordingProbe
 
 from helpers import env
 from helpers.evaluation import benchmarks
