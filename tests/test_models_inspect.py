@@ -41,7 +41,7 @@ def test_architecture_summary_of_the_tiny_qwen2(tiny):
     by_type = {row["module"]: row for row in s["linear_types"]}
     assert all(row["count"] == 2 for row in by_type.values())  # one per layer
     assert (by_type["k_proj"]["in_features"], by_type["k_proj"]["out_features"]) == (128, 64)
-    assert (by_type["down_proj"]["in_features"], by_type["down_proj"]["out_features"]) == (352, 128)
+    assert (by_type["down_proj"]["in_features"], by_type["down_proj"]["out_features"]) == (384, 128)
     assert s["memory_mb"] == pytest.approx(s["total_params"] * 4 / 2**20, rel=0.01)
     assert s["dtype"] == "float32"
 

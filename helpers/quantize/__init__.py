@@ -2,6 +2,7 @@
 
 - ``merge``: LoRA merged into the unquantized base with a logits check; bitsandbytes loading
 - ``gguf_export``: llama.cpp's converter and quantizer (f16, q8_0, q4_k_m); template/EOS checks
+- ``install``: llama-cpp-python built for any AVX2 CPU (no AVX-512/AMX), and the converter
 - ``compare``: size, load time, prompt/decode speed, perplexity and field accuracy per variant
 - :func:`quantize_gpu_format`: GPTQ/AWQ through llm-compressor, GPU only;
   :func:`gpu_formats_status` says why they are skipped elsewhere
@@ -20,16 +21,21 @@ from pathlib import Path
 from helpers.quantize.compare import Variant, compare_variants, measure_variant, plot_comparison
 from helpers.quantize.gguf_export import (
     GGUF_KINDS,
-    ConverterMissingError,
     check_gguf,
     convert_to_gguf,
-    converter_dir,
-    converter_install_command,
     export_base_gguf,
     export_gguf,
     gguf_info,
-    install_converter,
     quantize_gguf,
+)
+from helpers.quantize.install import (
+    ConverterMissingError,
+    NativeBuildError,
+    converter_dir,
+    converter_install_command,
+    install_converter,
+    install_llama_cpp,
+    load_llama_cpp,
 )
 from helpers.quantize.merge import QuantizedBaseError, inference_template, load_bnb, merge_adapter
 
@@ -99,6 +105,7 @@ __all__ = [
     "GGUF_KINDS",
     "GPU_FORMATS",
     "ConverterMissingError",
+    "NativeBuildError",
     "QuantizedBaseError",
     "Variant",
     "check_gguf",
@@ -112,7 +119,9 @@ __all__ = [
     "gpu_formats_status",
     "inference_template",
     "install_converter",
+    "install_llama_cpp",
     "load_bnb",
+    "load_llama_cpp",
     "measure_variant",
     "merge_adapter",
     "plot_comparison",

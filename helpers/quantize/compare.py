@@ -107,10 +107,10 @@ class GGUFRunner:
         import numpy as np
         import torch
 
-        from helpers.quantize.gguf_export import _llama_cpp
+        from helpers.quantize.install import load_llama_cpp
 
         # logits_all keeps every position's logits (n_ctx × vocab floats) for perplexity
-        self.llm = _llama_cpp().Llama(
+        self.llm = load_llama_cpp().Llama(
             str(variant.path),
             n_ctx=n_ctx,
             logits_all=True,

