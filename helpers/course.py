@@ -70,6 +70,7 @@ def execute_notebook(path: Path, out_dir: Path, timeout: int = 3600) -> Notebook
     """Execute one notebook with its own kernel; save the executed copy into ``out_dir``."""
     import nbformat
     from nbclient import NotebookClient
+    from nbclient.exceptions import DeadKernelError
 
     figures_file = out_dir / f"{path.stem}.figures.jsonl"
     figures_file.unlink(missing_ok=True)
@@ -85,6 +86,8 @@ def execute_notebook(path: Path, out_dir: Path, timeout: int = 3600) -> Notebook
     status, error = "ok", ""
     try:
         client.execute()
+    except DeadKernelError:  # a crash (SIGILL, SIGSEGV) or the OOM killer: no traceback exists
+        status, error = "failed", "the kernel died while a cell ran (crash or out of memory)"
     except Exception as exc:  # a failing cell: record it, keep the partial notebook
         status, error = "failed", _error_summary(exc)
     finally:

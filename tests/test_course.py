@@ -1,6 +1,8 @@
 """The headless course runner behind `make course`: order, statuses, figures and summary."""
 
 import json
+import time
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -61,3 +63,34 @@ def test_run_course_without_matching_notebooks_says_so(tmp_path, monkeypatch):
     monkeypatch.setenv("COURSE_PROFILE", "tiny")
     with pytest.raises(FileNotFoundError, match="No notebooks"):
         course.run_course(tmp_path, tmp_path / "runs", only=["07"])
+
+
+DIES = "import os, signal\nos.kill(os.getpid(), signal.SIGILL)  # what an AMX build did"
+
+
+def test_run_course_fails_at_once_when_a_kernel_dies(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_PROFILE", "tiny")
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    _notebook(nbs / "00_dies.ipynb", "1 + 1", DIES, "'never reached'")
+    _notebook(nbs / "01_next.ipynb", "6 * 7")
+    _, results = course.run_course(nbs, tmp_path / "runs", timeout=600)
+    assert [(r.notebook, r.status) for r in results] == [("00_dies", "failed"), ("01_next", "ok")]
+    assert "kernel died" in results[0].error and results[0].minutes < 1, results[0]
+
+
+def test_nbval_fails_at_once_when_a_kernel_dies(pytester):
+    """Without the root conftest's check, nbval waits for a dead kernel until its cell timeout."""
+    root = Path(__file__).resolve().parent.parent
+    pytester.makeconftest((root / "conftest.py").read_text(encoding="utf-8"))
+    _notebook(pytester.path / "dies.ipynb", "1 + 1", DIES, "'never reached'")
+    start = time.perf_counter()
+    result = pytester.runpytest_subprocess(
+        "--nbval-lax", "--nbval-current-env", "-p", "no:cacheprovider", "dies.ipynb", timeout=300
+    )
+    elapsed = time.perf_counter() - start
+    result.assert_outcomes(passed=1, failed=2)
+    result.stdout.fnmatch_lines(["*the kernel was killed by SIGILL*"])
+    result.stdout.fnmatch_lines(["*Kernel dead on test start*"])
+    result.stdout.fnmatch_lines(["cpu: *SIMD:*"])  # the header names the CPU
+    assert elapsed < 120, f"took {elapsed:.0f} s"
