@@ -1,6 +1,7 @@
 """SFT throughput: the course's training defaults against a naive baseline, same model and data.
 
-Run from the repository root: ``python bench/sft_throughput.py --shape tiny --steps 8``.
+Run from the repository root (package installed, ``pip install -e .``):
+``python bench/sft_throughput.py --shape tiny --steps 8``.
 The model is built from a config with random weights (throughput does not depend on them);
 the tokenizer is the course's tiny one, whose ids fit any vocabulary. Variants:
 
@@ -12,8 +13,9 @@ the tokenizer is the course's tiny one, whose ids fit any vocabulary. Variants:
 tokens/s counts real (non-padding) tokens, so padding shows up as lost throughput. QLoRA
 (NF4 base) when CUDA and bitsandbytes are available, else LoRA; the table says which. MFU
 is printed on GPU only; ``est_GB`` is helpers.vram's allocated-memory estimate for the same
-plan (seq_len = max_length for naive, the mean padded batch length otherwise), comparable with
-``peak_MB`` on GPU only (on CPU peak_MB is the process's peak RSS).
+plan (seq_len = max_length for naive, the mean real sample length otherwise; ``est_labels``
+the share of those positions TRL's fused LM head projects: labelled ones on GPU, all on CPU),
+comparable with ``peak_MB`` on GPU only (on CPU peak_MB is the process's peak RSS).
 """
 
 from __future__ import annotations
@@ -21,20 +23,17 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run without installing
+import pandas as pd
+import torch
 
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-
-from helpers import sft  # noqa: E402
-from helpers.data import load_split  # noqa: E402
-from helpers.models import TINY_CONFIG, bnb_config_kwargs, build_tiny_model  # noqa: E402
-from helpers.profiles import get_profile  # noqa: E402
-from helpers.vram import GB, KNOWN_SHAPES, ModelShape, TrainingPlan, estimate_vram  # noqa: E402
+from helpers import sft
+from helpers.data import load_split
+from helpers.models import TINY_CONFIG, bnb_config_kwargs, build_tiny_model
+from helpers.profiles import get_profile
+from helpers.vram import GB, KNOWN_SHAPES, ModelShape, TrainingPlan, estimate_vram
 
 SHAPES = {  # --shape name -> KNOWN_SHAPES key (None: the course's tiny Qwen2)
     "tiny": None,
@@ -107,17 +106,16 @@ def run_variant(name, model, tokenizer, rows, profile, args, workdir: Path) -> d
         torch.cuda.synchronize()
     sft.train(trainer)
     stats = speed.stats()
-    seq_len = args.max_length if name == "naive" else max(1, round(speed.tokens / speed.samples))
-    plan = TrainingPlan(
-        profile.method,
+    real_len = speed.tokens / max(1, speed.samples)  # non-padding tokens per sample
+    seq_len = args.max_length if name == "naive" else max(1, round(real_len))
+    # TRL's fused LM head projects the labelled positions on CUDA, every position on CPU
+    labelled = sft.dataset_label_share(trainer.train_dataset) * real_len / seq_len
+    plan = dataclasses.replace(
+        TrainingPlan.from_profile(profile),
         seq_len=seq_len,
-        batch_size=profile.per_device_batch_size,
         gradient_checkpointing=trainer.args.activation_checkpointing,
         optimizer="adamw_torch",
-        dtype=profile.dtype,
-        lora_r=profile.lora_r,
-        target_modules=profile.target_modules,
-        lora_dropout=profile.lora_dropout,
+        label_share=min(1.0, labelled) if torch.cuda.is_available() else 1.0,
     )
     estimate = estimate_vram(speed.shape, plan)
     return {
@@ -131,6 +129,7 @@ def run_variant(name, model, tokenizer, rows, profile, args, workdir: Path) -> d
         "MFU": None if stats["mfu"] is None else round(stats["mfu"], 4),
         "est_GB": round(estimate.allocated_bytes / GB, 3),
         "est_seq_len": seq_len,
+        "est_labels": round(plan.label_share, 3),
     }
 
 

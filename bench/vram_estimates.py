@@ -1,30 +1,26 @@
 """Print VRAM estimates (GB = 2**30 bytes) for the GPU profiles and a few QLoRA plans.
 
-Run from the repository root: ``python bench/vram_estimates.py``. A figure-printing benchmark,
-not a test: compare the "allocated" column with torch.cuda.max_memory_allocated() on a GPU.
+Run from the repository root: ``python bench/vram_estimates.py`` (with the package installed,
+``pip install -e .``). A figure-printing benchmark, not a test: compare the "allocated" column
+with torch.cuda.max_memory_allocated() on a GPU. The "logits" column is TRL's fused LM head
+(one logits tile over the label positions, ``labels`` in the setup column), not full logits.
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run without installing
-
-import pandas as pd  # noqa: E402
-
-from helpers.profiles import PROFILES  # noqa: E402
-from helpers.vram import (  # noqa: E402
+from helpers.profiles import PROFILES
+from helpers.vram import (
     EXPLANATIONS,
     GB,
     KNOWN_SHAPES,
+    USABLE_VRAM_GB,
     TrainingPlan,
     VramEstimate,
     estimate_for_profile,
     estimate_vram,
 )
-
-GPU_GB = {"t4": 15.0, "24g": 24.0}  # what nvidia-smi shows: 15360 MiB (T4), 24576 MiB (3090/4090)
 
 
 def qlora_1024(model_id: str, dtype: str = "bfloat16") -> VramEstimate:
@@ -47,7 +43,7 @@ def row(label: str, est: VramEstimate, vram_gb: float | None) -> dict[str, objec
     out: dict[str, object] = {
         "plan": label,
         "model": est.shape.name.split("/")[-1],
-        "setup": f"{p.method} {p.dtype} {p.batch_size}x{p.seq_len}",
+        "setup": f"{p.method} {p.dtype} {p.batch_size}x{p.seq_len} labels {p.label_share:.0%}",
         "ckpt": p.gradient_checkpointing,
         "trainable_M": est.trainable_params / 1e6,
     }
@@ -59,8 +55,8 @@ def row(label: str, est: VramEstimate, vram_gb: float | None) -> dict[str, objec
 
 def main() -> None:
     """Print the estimate table and a per-component breakdown for each GPU profile."""
-    estimates = {name: estimate_for_profile(PROFILES[name]) for name in GPU_GB}
-    rows = [row(f"profile {n}", est, GPU_GB[n]) for n, est in estimates.items()]
+    estimates = {name: estimate_for_profile(PROFILES[name]) for name in USABLE_VRAM_GB}
+    rows = [row(f"profile {n}", est, USABLE_VRAM_GB[n]) for n, est in estimates.items()]
     for model_id in ("Qwen/Qwen2.5-0.5B-Instruct", "Qwen/Qwen2.5-7B-Instruct"):
         rows.append(row("qlora seq1024", qlora_1024(model_id), None))
     with pd.option_context("display.width", 250, "display.max_columns", 30):

@@ -16,7 +16,6 @@ from dataclasses import replace
 from helpers import env, vram
 from helpers.profiles import get_profile
 
-T4_USABLE_GB = 15.0  # a T4 has 16 GB (15.0 GiB usable after the driver's share)
 SEQ_LEN_CHOICES = (512, 1024, 2048, 4096, 8192, 16384)
 
 
@@ -28,27 +27,33 @@ def _unanswered(answer: object) -> bool:
     return False
 
 
+def t4_fits(seq_len: int) -> bool:
+    """True when the t4 profile's plan at ``seq_len`` fits a T4 by helpers.vram's estimate."""
+    profile = get_profile("t4")
+    plan = replace(vram.TrainingPlan.from_profile(profile), seq_len=seq_len)
+    estimate = vram.estimate_vram(vram.KNOWN_SHAPES[profile.model_id], plan)
+    return estimate.fits(vram.USABLE_VRAM_GB["t4"])
+
+
 def t4_longest_sequence() -> int:
     """Reference for 00.1: the longest max_length in SEQ_LEN_CHOICES whose t4 plan fits."""
-    profile = get_profile("t4")
-    shape = vram.KNOWN_SHAPES[profile.model_id]
-    plan = vram.TrainingPlan.from_profile(profile)
-    fitting = [
-        n
-        for n in SEQ_LEN_CHOICES
-        if vram.estimate_vram(shape, replace(plan, seq_len=n)).fits(T4_USABLE_GB)
-    ]
-    return max(fitting)
+    return max(n for n in SEQ_LEN_CHOICES if t4_fits(n))
 
 
 def check_00_1(answer: int | None) -> bool:
     """00 练习 1: the longest sequence the t4 QLoRA plan fits into a T4."""
     if _unanswered(answer):
         return False
-    expected = t4_longest_sequence()
+    expected, usable = t4_longest_sequence(), vram.USABLE_VRAM_GB["t4"]
+    if answer not in SEQ_LEN_CHOICES:
+        why = f"答案要从 {SEQ_LEN_CHOICES} 中选"
+    elif t4_fits(answer):
+        why = f"max_length={answer} 放得下，但还有更长的也放得下"
+    else:
+        why = f"max_length={answer} 的估算超过了 {usable} GB"
     assert answer == expected, (
-        f"{answer} 不对。提示：对 {SEQ_LEN_CHOICES} 中的每个长度，用 replace(plan, seq_len=n) "
-        f"估算，找出 fits({T4_USABLE_GB}) 仍为 True 的最大值。"
+        f"{answer} 不对（{why}）。提示：对 {SEQ_LEN_CHOICES} 中的每个长度，用 "
+        f"replace(plan, seq_len=n) 估算，找出 fits({usable}) 仍为 True 的最大值。"
     )
     print(f"✅ 正确：T4 上 t4 profile 的计划最长可到 max_length={expected}。")
     return True
@@ -86,13 +91,13 @@ def check_01_1(answer: list[dict] | None) -> bool:
     return True
 
 
-def check_01_2(answer: int | None, sample: dict, model, tokenizer) -> bool:
+def check_01_2(answer: int | None, sample: dict, tokenizer) -> bool:
     """01 练习 2: tokens that carry loss in last-turn mode, checked against TRL's labels."""
     if _unanswered(answer):
         return False
     from helpers.data import trl_labels
 
-    expected = sum(label != -100 for label in trl_labels(sample, model, tokenizer, "last_turn"))
+    expected = sum(label != -100 for label in trl_labels(sample, tokenizer, "last_turn"))
     assert answer == expected, (
         f"{answer} 不对。提示：只有最后一个助手回答（含其结束符）计算损失；"
         "data.loss_mask(sample, tokenizer, 'last_turn') 的掩码求和。"

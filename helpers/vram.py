@@ -28,19 +28,31 @@ Assumptions and constants (bytes; 1 GB here = 2**30 bytes, as nvidia-smi/torch r
   its 16-bit copy). Each LoRA module adds a*(in + r), plus a 1-byte dropout mask per input
   element when lora_dropout > 0. With gradient checkpointing only each layer's input (a*d) is
   kept, plus one layer's full activations during recompute.
-* Logits: batch*seq*vocab elements held as 16-bit lm_head output (a) + fp32 log-probs for the
-  loss (4) + their fp32 gradient (4); large for 150k-262k vocabularies.
+* LM head and loss ("logits" row): TRL 1.16's SFTTrainer fuses them (``add_fused_lm_head``), so
+  the (batch, seq, vocab) logits never exist. On CUDA it projects only the N positions that carry
+  a label, N = label_share * batch * seq_len (``LABEL_SHARE`` = 0.2 by default: the course's chat
+  data on the GPU profiles, system prompt kept, is about 18-20 % answer tokens;
+  ``helpers.sft.dataset_label_share`` measures a prepared dataset), through one reused buffer of
+  min(N, 4096) x 32768 in the compute dtype (TRL's token and vocabulary tile sizes; 32768 columns
+  even for a smaller vocabulary). Its peak is the backward, which recomputes each tile: the
+  buffer, the label rows of the final hidden state saved in forward (a*d), their fp32 gradient
+  accumulator and its cast back to dtype ((4 + a)*d), and per label an int64 target and fp32
+  log-normaliser, entropy and incoming gradient (20 B); per-position outputs (~14 B) are left
+  out. Full fine-tuning adds the 16-bit copy of a 32768-row slice of the fp32 head (32768*a*d);
+  the fp32 head-weight gradient it accumulates is the one counted under gradients. On CPU TRL
+  projects every position (``from_profile`` sets label_share = 1.0 there) and its torch fallback
+  adds a few fp32 temporaries of one tile, which are not modelled.
 * CUDA context ≈ 0.75 GB (CUDA runtime + cuBLAS/cuDNN kernels; varies 0.3-1 GB by GPU/driver)
   and fragmentation = 10 % of allocated (reserved minus allocated in PyTorch's caching allocator).
   bitsandbytes' transient dequantised weight (one matrix) and the autocast cache are left to it.
 
 Example::
 
-    >>> from helpers.vram import KNOWN_SHAPES, TrainingPlan, estimate_vram
+    >>> from helpers.vram import KNOWN_SHAPES, USABLE_VRAM_GB, TrainingPlan, estimate_vram
     >>> plan = TrainingPlan("qlora", seq_len=1024, batch_size=4, gradient_checkpointing=True,
     ...                     optimizer="paged_adamw_8bit", dtype="float16")
     >>> est = estimate_vram(KNOWN_SHAPES["Qwen/Qwen2.5-1.5B-Instruct"], plan)
-    >>> est.fits(15.0)
+    >>> est.fits(USABLE_VRAM_GB["t4"])
     True
 """
 
@@ -53,7 +65,12 @@ from typing import Any
 GB = 1024**3  # bytes; nvidia-smi's "MiB" and torch both count in powers of two
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 NF4_DQ_BITS = 4 + 8 / 64 + 32 / (64 * 256)  # ≈ 4.127 bits/param, NF4 + double quant
-FP32 = 4  # bytes: LoRA adapters, their grads, RMSNorm inputs, loss log-probs
+FP32 = 4  # bytes: LoRA adapters, their grads, RMSNorm inputs, LM-head accumulators
+USABLE_VRAM_GB = {"t4": 15.0, "24g": 24.0}  # nvidia-smi's total: 15360 MiB T4, 24576 MiB 3090/4090
+LABEL_SHARE = 0.2  # positions with a label in the course's GPU-profile batches (18-20 %)
+HEAD_TOKEN_TILE = 4096  # TRL 1.16 fused LM head: tokens per projection tile (TOKEN_CHUNK_SIZE)
+HEAD_VOCAB_TILE = 32768  # ... and vocabulary columns per tile (_CHUNKED_LOGPROB_CHUNK_SIZE)
+HEAD_BYTES_PER_LABEL = 8 + 3 * FP32  # int64 target; fp32 log-normaliser, entropy, grad of log-prob
 OPTIMIZER_BYTES_PER_PARAM = {  # state bytes per trainable parameter
     "adamw_torch": 8,
     "adamw_torch_fused": 8,
@@ -189,6 +206,7 @@ class TrainingPlan:
     target_modules: str | tuple[str, ...] = "all-linear"
     attention: str = "sdpa"  # "sdpa"/flash: no s*s scores kept; "eager": scores kept
     lora_dropout: float = 0.0
+    label_share: float = LABEL_SHARE  # share of positions with a label; 1.0 = every position
 
     def __post_init__(self) -> None:
         if not isinstance(self.target_modules, str):
@@ -208,6 +226,10 @@ class TrainingPlan:
             (self.method == "full" or self.lora_r > 0, f"lora_r must be > 0, got {self.lora_r}"),
             (0.0 <= self.lora_dropout < 1.0, "lora_dropout must be in [0, 1)"),
             (
+                0.0 < self.label_share <= 1.0,
+                f"label_share must be in (0, 1], got {self.label_share}",
+            ),
+            (
                 modules_ok,
                 f"target_modules must be 'all-linear' or names from {LINEAR_NAMES}, got {tm!r}",
             ),
@@ -217,7 +239,7 @@ class TrainingPlan:
 
     @classmethod
     def from_profile(cls, profile: Any) -> TrainingPlan:
-        """The plan a helpers.profiles.Profile trains with."""
+        """The plan a helpers.profiles.Profile trains with (TRL projects every position on CPU)."""
         return cls(
             method=profile.method,
             seq_len=profile.max_length,
@@ -228,6 +250,7 @@ class TrainingPlan:
             lora_r=profile.lora_r,
             target_modules=profile.target_modules,
             lora_dropout=getattr(profile, "lora_dropout", 0.0),
+            label_share=LABEL_SHARE if getattr(profile, "device", "cuda") == "cuda" else 1.0,
         )
 
     def adapted_modules(self) -> tuple[str, ...]:
@@ -247,7 +270,7 @@ EXPLANATIONS = {
     "gradients": "Gradients of the trainable parameters, fp32",
     "optimizer_states": "Optimizer state (AdamW: 2 fp32 moments = 8 B/param; 8-bit: 2 B/param)",
     "activations": "Tensors saved for backward (Korthikanti et al. 2022, adapted to GQA/SwiGLU)",
-    "logits": "batch x seq x vocab: lm_head output (dtype) + fp32 log-probs + their gradient",
+    "logits": "Fused LM head + loss (TRL): one <=4096 x 32768 logits tile, label positions only",
     "fragmentation": "PyTorch caching-allocator reserve not handed out (reserved - allocated)",
     "cuda_context": "CUDA runtime and kernels (not in max_memory_allocated, seen by nvidia-smi)",
 }
@@ -338,6 +361,16 @@ def _activations_per_token_layer(shape: ModelShape, plan: TrainingPlan) -> int:
     return total
 
 
+def _lm_head_bytes(shape: ModelShape, plan: TrainingPlan) -> int:
+    """Peak bytes of TRL's fused LM head and loss (its backward) for one micro-batch."""
+    a, d = DTYPE_BYTES[plan.dtype], shape.hidden_size
+    labels = max(1, round(plan.batch_size * plan.seq_len * plan.label_share))  # rows projected
+    tile = min(labels, HEAD_TOKEN_TILE) * HEAD_VOCAB_TILE * a  # (<=4096, 32768) logits buffer
+    per_label = a * d + (FP32 + a) * d + HEAD_BYTES_PER_LABEL  # saved hidden, its grad, vectors
+    weight_cast = HEAD_VOCAB_TILE * d * a if plan.method == "full" and a < FP32 else 0
+    return tile + labels * per_label + weight_cast
+
+
 def estimate_vram(
     shape: ModelShape,
     plan: TrainingPlan,
@@ -374,7 +407,7 @@ def estimate_vram(
         "gradients": trainable * FP32,
         "optimizer_states": trainable * OPTIMIZER_BYTES_PER_PARAM[plan.optimizer],
         "activations": tokens * (layers + (FP32 + a) * shape.hidden_size),  # + final norm
-        "logits": tokens * shape.vocab_size * (a + 2 * FP32),
+        "logits": _lm_head_bytes(shape, plan),
     }
     return VramEstimate(
         shape=shape,

@@ -9,7 +9,11 @@ import pytest
 from helpers.profiles import PROFILES
 from helpers.vram import (
     GB,
+    HEAD_TOKEN_TILE,
+    HEAD_VOCAB_TILE,
     KNOWN_SHAPES,
+    LABEL_SHARE,
+    USABLE_VRAM_GB,
     ModelShape,
     TrainingPlan,
     estimate_for_profile,
@@ -125,10 +129,71 @@ def test_checkpointing_shrinks_activations_on_a_real_model():
     assert on < off / 5
 
 
-def test_logits_term():
-    # batch*seq*vocab * (2 B 16-bit output + 4 B fp32 log-probs + 4 B their grad)
-    assert estimate_vram(SMALL, plan()).logits == TOKENS * 100 * 10
-    assert estimate_vram(SMALL, plan(dtype="float32")).logits == TOKENS * 100 * 12
+def test_fused_lm_head_hand_computed():
+    # TRL's fused head: round(20 tokens * 0.2) = 4 label rows; one (4, 32768) tile in the compute
+    # dtype (32768 columns although V = 100); per label: saved hidden a*d, fp32 grad 4*d, its
+    # cast a*d, and 20 B of per-token vectors. bf16: 4*32768*2 + 4*(2*64 + 4*64 + 2*64 + 20).
+    assert estimate_vram(SMALL, plan()).logits == 262144 + 4 * 532
+    assert estimate_vram(SMALL, plan(dtype="float32")).logits == 4 * 32768 * 4 + 4 * 788
+    assert estimate_vram(SMALL, plan(label_share=1.0)).logits == 20 * 32768 * 2 + 20 * 532
+    # Full fine-tuning casts one 32768-row slice of the fp32 head to bf16: 32768 * 64 * 2.
+    full = estimate_vram(SMALL, plan(method="full")).logits
+    assert full == 262144 + 4 * 532 + 32768 * 64 * 2
+
+
+def test_fused_lm_head_does_not_scale_with_vocab_times_seq_len():
+    qwen = KNOWN_SHAPES["Qwen/Qwen2.5-1.5B-Instruct"]
+    long = plan(method="qlora", batch_size=4, seq_len=8192, dtype="float16")
+    head = estimate_vram(qwen, long).logits
+    # The vocabulary only sets the GEMM's inner loop: a 2k or a 152k vocabulary, same bytes.
+    assert estimate_vram(dataclasses.replace(qwen, vocab_size=2048), long).logits == head
+    # Past 4096 label rows the tile is capped: doubling seq_len adds only per-label rows.
+    longer = estimate_vram(qwen, dataclasses.replace(long, seq_len=16384)).logits
+    per_label = 2 * 1536 + 4 * 1536 + 2 * 1536 + 20
+    assert longer - head == (13107 - 6554) * per_label
+    assert head - 6554 * per_label == HEAD_TOKEN_TILE * HEAD_VOCAB_TILE * 2  # the capped tile
+    # Full (B, T, V) logits at 16-bit + fp32 log-probs + grad (the old term) are 200x more.
+    assert longer * 200 < 4 * 16384 * qwen.vocab_size * (2 + 4 + 4)
+
+
+def test_label_share_validation_and_profiles():
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="label_share must be in"):
+            plan(label_share=bad)
+    assert TrainingPlan.from_profile(PROFILES["t4"]).label_share == LABEL_SHARE
+    assert TrainingPlan.from_profile(PROFILES["cpu-demo"]).label_share == 1.0  # TRL: all on CPU
+
+
+def test_gpu_profile_totals():
+    # t4: Qwen2.5-1.5B QLoRA fp16 4x1024; 24g: Qwen2.5-7B QLoRA bf16 2x2048 (both checkpointed).
+    t4, big = estimate_for_profile(PROFILES["t4"]), estimate_for_profile(PROFILES["24g"])
+    assert t4.logits == 819 * 32768 * 2 + 819 * (8 * 1536 + 20) == 63_754_236
+    assert big.logits == 819 * 32768 * 2 + 819 * (8 * 3584 + 20) == 77_172_732
+    assert t4.total_gb == pytest.approx(3.213, abs=0.001)
+    assert big.total_gb == pytest.approx(9.253, abs=0.001)
+    assert t4.logits < t4.activations / 10 and big.logits < big.activations / 20
+
+
+def test_lm_head_flops_count_label_positions():
+    # helpers.sft's MFU model, the FLOP side of the fused head: 4*V*d per labelled token.
+    from helpers.sft import flops_per_token
+
+    qwen = KNOWN_SHAPES["Qwen/Qwen2.5-1.5B-Instruct"]
+    every, labelled = flops_per_token(qwen, 0, 256), flops_per_token(qwen, 0, 256, 0.2)
+    assert every - labelled == pytest.approx(4 * 151936 * 1536 * 0.8)
+
+
+def test_dataset_label_share_reads_trl_labels():
+    from datasets import Dataset
+
+    from helpers.sft import dataset_label_share
+
+    rows = Dataset.from_dict(
+        {"input_ids": [[1, 2, 3, 4], [5, 6]], "labels": [[-100, -100, 3, 4], [-100, 6]]}
+    )
+    assert dataset_label_share(rows) == pytest.approx(3 / 6)
+    assert dataset_label_share(rows.remove_columns("labels")) == 1.0
+    assert dataset_label_share(None) == 1.0
 
 
 def test_monotonic_in_seq_len_and_batch():
@@ -238,7 +303,7 @@ def test_bad_inputs_raise(overrides, message):
 def test_profiles_and_plot():
     t4 = estimate_for_profile(PROFILES["t4"])
     assert t4.plan.optimizer == "paged_adamw_8bit" and t4.plan.gradient_checkpointing
-    assert t4.fits(15.0)  # a T4 shows 15360 MiB
+    assert t4.fits(USABLE_VRAM_GB["t4"]) and USABLE_VRAM_GB["t4"] == 15.0  # 15360 MiB
     with pytest.raises(KeyError, match="from_config"):
         estimate_for_profile(PROFILES["tiny"])
     assert estimate_for_profile(PROFILES["tiny"], shape=SMALL).plan.dtype == "float32"
