@@ -2,7 +2,8 @@
 
 ``load_model(profile)`` is the one entry point the notebooks use; it returns
 ``(model, tokenizer)`` with a chat template whose assistant turns are wrapped in
-``{% generation %}`` so TRL's assistant-only loss works.
+``{% generation %}`` so TRL's assistant-only loss works: the course's own for tiny and cpu-demo,
+TRL's training copy of the hub model's template otherwise (:mod:`helpers.chat_templates`).
 
     >>> from helpers.models import load_model
     >>> from helpers.profiles import get_profile
@@ -21,46 +22,19 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from helpers.chat_templates import (
+    CHATML_TEMPLATE,
+    GEMMA_TEMPLATE,
+    prepare_tokenizer,
+    training_template,
+)
 from helpers.cpu import guard_bnb_cpu
+from helpers.env import AUTODL_DATA_DISK, platform_path
 from helpers.profiles import CPU_DEMO_PACKAGE, Profile
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = REPO_ROOT / "data"
 CACHE_ENV_VAR = "COURSE_CACHE"
-
-# ChatML, as Qwen uses it; assistant turns (content + end marker) are what TRL trains on.
-CHATML_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{%- if message['role'] == 'assistant' %}"
-    "{{- '<|im_start|>assistant\\n' }}"
-    "{% generation %}{{- message['content'] + '<|im_end|>' }}{% endgeneration %}"
-    "{{- '\\n' }}"
-    "{%- else %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{%- endif %}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
-
-# Gemma's turn format (as in Gemma 3 instruct), given to the base model, which ships none.
-# Gemma has no system role: a system message is prepended to the first user turn.
-GEMMA_TEMPLATE = (
-    "{{- bos_token }}"
-    "{%- if messages and messages[0]['role'] == 'system' %}"
-    "{%- set prefix = messages[0]['content'] + '\\n\\n' %}{%- set turns = messages[1:] %}"
-    "{%- else %}{%- set prefix = '' %}{%- set turns = messages %}{%- endif %}"
-    "{%- for message in turns %}"
-    "{%- if message['role'] == 'assistant' %}"
-    "{{- '<start_of_turn>model\\n' }}"
-    "{% generation %}{{- message['content'] + '<end_of_turn>' }}{% endgeneration %}"
-    "{{- '\\n' }}"
-    "{%- else %}"
-    "{{- '<start_of_turn>user\\n' + (prefix if loop.first else '') + message['content']"
-    " + '<end_of_turn>\\n' }}"
-    "{%- endif %}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<start_of_turn>model\\n' }}{%- endif %}"
-)
 
 # A tiny model of a real architecture: seconds to build and train on CPU.
 TINY_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
@@ -89,7 +63,7 @@ def cache_root() -> Path:
     """Where course-built models live: ``$COURSE_CACHE``, the AutoDL data disk, or ~/.cache."""
     if os.environ.get(CACHE_ENV_VAR):
         return Path(os.environ[CACHE_ENV_VAR]).expanduser()
-    autodl = Path("/root/autodl-tmp")
+    autodl = platform_path(AUTODL_DATA_DISK)
     if autodl.is_dir():
         return autodl / "llm-course"
     return Path.home() / ".cache" / "llm-course"
@@ -311,7 +285,12 @@ def model_path(profile: Profile) -> Path:
 
     hub = choose_hub(profile)
     model_id = profile.modelscope_id if hub == "modelscope" else profile.model_id
-    return download_model(model_id or profile.model_id, hub=hub)
+    return download_model(
+        model_id or profile.model_id,
+        hub=hub,
+        revision=profile.revision,
+        need_gb=profile.approx_download_gb,
+    )
 
 
 def load_model(profile: Profile, path: Path | str | None = None):
@@ -324,7 +303,7 @@ def load_model(profile: Profile, path: Path | str | None = None):
     if profile.load_in_4bit:
         kwargs["quantization_config"] = BitsAndBytesConfig(**bnb_config_kwargs(profile))
         kwargs["device_map"] = {"": 0 if profile.device == "cuda" else "cpu"}
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(path))  # training template
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if profile.device == "cuda" and not profile.load_in_4bit:
         model = model.to("cuda")
@@ -476,25 +455,21 @@ def check_template_and_eos(tokenizer, model=None, strict: bool = False) -> list[
 
     Each finding is ``{"check", "ok", "detail", "fix"}``; ``ok`` is None when it could not run.
     """
-    import re
-
     findings: list[dict] = []
 
     def add(check: str, ok: bool | None, detail: str, fix: str = "") -> None:
         findings.append({"check": check, "ok": ok, "detail": detail, "fix": "" if ok else fix})
 
+    from trl.chat_template_utils import has_generation_markers
+
     template = tokenizer.chat_template
     if not template:
         raise ValueError("The tokenizer has no chat template; set tokenizer.chat_template first.")
-    markers = bool(re.search(r"\{%-?\s*generation\s*-?%\}", template))
-    training = None  # the template TRL trains with when assistant_only_loss=True
-    if not markers:
-        try:  # TRL swaps in a patched copy of some known templates (Qwen, Llama 3, Gemma 3, ...)
-            from trl.chat_template_utils import get_training_chat_template
-
-            training = get_training_chat_template(tokenizer)
-        except (ImportError, ValueError):
-            training = None
+    markers = has_generation_markers(template)
+    try:  # the template TRL trains with: TRL's patched copy of a known template (Qwen, Gemma 3...)
+        training = None if markers else training_template(tokenizer)
+    except ValueError:
+        training = None
     add(
         "generation_markers",
         markers or training is not None,

@@ -68,9 +68,9 @@ def test_length_equal_to_max_length_is_not_truncated():
 
 
 def test_token_lengths_match_trl_tokenization(tiny):
-    tok, model = tiny
+    tok, _ = tiny
     lengths = token_lengths(SAMPLES, tok, progress=True)
-    trl = trl_labels_batch(SAMPLES, model, tok, "all", max_length=None)
+    trl = trl_labels_batch(SAMPLES, tok, "all", max_length=None)
     assert lengths == [len(labels) for labels in trl]
     assert lengths[2] > lengths[0]
 

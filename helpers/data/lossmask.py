@@ -23,13 +23,13 @@ positions ``:-1``, so the first token is never predicted. Padding gets label -10
 from __future__ import annotations
 
 import html
-import re
 import tempfile
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from helpers.chat_templates import training_template
 
 Sample = Mapping[str, Any]
 Mode = Literal["all", "assistant_only", "last_turn"]
@@ -76,27 +76,6 @@ def _checked(sample: Sample, mode: str) -> list[dict]:
             "trailing turns)."
         )
     return messages
-
-
-def training_template(tokenizer) -> str | None:
-    """Template TRL uses for assistant_only_loss (None: the tokenizer's own); ValueError if none."""
-    template = tokenizer.chat_template
-    if not template:
-        raise ValueError("The tokenizer has no chat template; set tokenizer.chat_template first.")
-    template = template["default"] if isinstance(template, dict) else template
-    if re.search(r"\{%-?\s*generation\s*-?%\}", template):  # as TRL's has_generation_markers
-        return None
-    try:  # TRL ships patched copies of some known templates (Qwen, Llama 3, Gemma 3, ...)
-        from trl.chat_template_utils import get_training_chat_template
-
-        return get_training_chat_template(tokenizer)
-    except (ImportError, ValueError) as exc:
-        raise ValueError(
-            "mode='assistant_only' needs a chat template that wraps each assistant turn (content "
-            "and end-of-turn token) in {% generation %}...{% endgeneration %}, and TRL has no "
-            "patched copy of this one. Edit tokenizer.chat_template (see "
-            "helpers.models.CHATML_TEMPLATE) or use mode='last_turn'."
-        ) from exc
 
 
 def _ids(tokenizer, messages: list[dict], **kwargs: Any) -> dict:
@@ -258,47 +237,61 @@ def to_trl_row(sample: Sample, mode: Mode) -> dict[str, Any]:
     return {"messages": messages}
 
 
-@contextmanager
-def _untouched(model) -> Iterator[None]:
-    """Undo what building a trainer does to a model: the fused-LM-head patch and a device move."""
-    from datasets.utils import logging as datasets_logging
+def _label_model(tokenizer):
+    """A one-layer random model with the tokenizer's vocabulary: all TRL needs to build labels.
 
-    target = model.get_base_model() if hasattr(model, "get_base_model") else model
-    saved, device = dict(vars(target)), model.device
-    bars = datasets_logging.is_progress_bar_enabled()
-    datasets_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        vars(target).pop("forward", None)
-        if "forward" in saved:
-            target.forward = saved["forward"]
-        if model.device != device and not hasattr(model, "hf_device_map"):
-            model.to(device)
-        if bars:
-            datasets_logging.enable_progress_bar()
-
-
-def trl_labels_batch(
-    samples: Sequence[Sample], model, tokenizer, mode: Mode, max_length: int | None = 1024
-) -> list[list[int]]:
-    """Labels that TRL's SFTTrainer builds for each sample (-100 = masked), padding removed.
-
-    Builds a real ``SFTTrainer`` and runs its data collator on the prepared dataset. Like any
-    Trainer it reseeds the RNGs and may set ``tokenizer.pad_token``; the model is restored.
+    Labels depend on the tokenizer and TRL's data code only, never on the weights, so the real
+    model (4-bit on the GPU profiles, which a Trainer refuses without an adapter) stays unloaded.
     """
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
+    return Qwen2ForCausalLM(config)
+
+
+def _label_trainer(rows: list[dict], tokenizer, mode: Mode, max_length: int | None):
+    """An SFTTrainer over ``rows`` (a one-layer model): its dataset holds TRL's labels."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    rows = [{**to_trl_row(s, mode), _ROW: i} for i, s in enumerate(samples)]
-    with tempfile.TemporaryDirectory() as tmp, _untouched(model), warnings.catch_warnings():
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         # TRL's default gradient_checkpointing=True trips transformers' rename warning: noise here
         warnings.filterwarnings("ignore", "`gradient_checkpointing", FutureWarning)
         # bf16=False: only labels are needed, and old GPUs without bf16 would refuse the config
         options = dict(report_to="none", max_length=max_length, packing=False, bf16=False)
         config = SFTConfig(tmp, **options, **trl_loss_options(mode))
         data = Dataset.from_list(rows)
-        trainer = SFTTrainer(model, config, train_dataset=data, processing_class=tokenizer)
+        return SFTTrainer(
+            _label_model(tokenizer), config, train_dataset=data, processing_class=tokenizer
+        )
+
+
+def trl_labels_batch(
+    samples: Sequence[Sample], tokenizer, mode: Mode, max_length: int | None = 1024
+) -> list[list[int]]:
+    """Labels that TRL's SFTTrainer builds for each sample (-100 = masked), padding removed.
+
+    Builds a real ``SFTTrainer`` (around a throwaway one-layer model, :func:`_label_model`) and
+    runs its data collator on the prepared dataset. Like any Trainer it reseeds the RNGs and may
+    set ``tokenizer.pad_token``.
+    """
+    from datasets.utils import logging as datasets_logging
+
+    rows = [{**to_trl_row(s, mode), _ROW: i} for i, s in enumerate(samples)]
+    bars = datasets_logging.is_progress_bar_enabled()
+    datasets_logging.disable_progress_bar()  # a map over a handful of rows: no bars
+    try:
+        trainer = _label_trainer(rows, tokenizer, mode, max_length)
+    finally:
+        if bars:
+            datasets_logging.enable_progress_bar()
     data = trainer.train_dataset
     dropped = sorted(set(range(len(rows))) - set(data[_ROW]))
     if dropped:
@@ -314,8 +307,6 @@ def trl_labels_batch(
     return [row[k].tolist() for row, k in zip(batch["labels"], keep, strict=True)]
 
 
-def trl_labels(
-    sample: Sample, model, tokenizer, mode: Mode, max_length: int | None = 1024
-) -> list[int]:
+def trl_labels(sample: Sample, tokenizer, mode: Mode, max_length: int | None = 1024) -> list[int]:
     """Labels that TRL's SFTTrainer builds for one sample (-100 where masked)."""
-    return trl_labels_batch([sample], model, tokenizer, mode, max_length)[0]
+    return trl_labels_batch([sample], tokenizer, mode, max_length)[0]
