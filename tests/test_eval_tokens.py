@@ -141,3 +141,19 @@ def test_behaviour_report_includes_rouge_and_is_reused_when_it_matches(tiny, tmp
     path.write_text(json.dumps(stale, ensure_ascii=False))
     fresh, source = ev.stored_or_measured(path, model, tokenizer, TINY, progress=False)
     assert source == "measured now" and len(fresh["answers"]) == len(report["answers"])
+
+
+def test_generate_batch_is_greedy_whatever_sampling_defaults_the_model_ships(tiny_dir):
+    """Qwen2.5-Instruct ships repetition_penalty 1.05-1.1 and sampling in generation_config."""
+    model, tokenizer = load_model(TINY, path=tiny_dir)
+    text = ["订单 订单 订单 订单"]  # repeated tokens: where a repetition penalty bites
+    plain = ev.generate_batch(model, tokenizer, text, 12, progress=False)
+    model.generation_config.update(
+        do_sample=True, temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=5.0
+    )
+    assert ev.generate_batch(model, tokenizer, text, 12, progress=False) == plain
+    with torch.no_grad():  # what transformers does when only do_sample=False is passed
+        inputs = tokenizer(text, return_tensors="pt")
+        out = model.generate(**inputs, max_new_tokens=12, do_sample=False)
+    penalised = tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert penalised != plain[0], "the model's repetition penalty must change this answer"

@@ -16,7 +16,29 @@ from typing import Any
 from helpers.evaluation.metrics import rouge_l_chars, task_scores
 from helpers.profiles import Profile
 
-DECODING = {"do_sample": False, "num_beams": 1}  # greedy: deterministic, stated in every report
+# Greedy and nothing else, stated in every report. repetition_penalty=1.0 matters: Qwen2.5-Instruct
+# ships 1.05-1.1 in generation_config.json, and greedy decoding would still apply it, so base vs
+# tuned, transformers vs llama.cpp and evaluation vs serving would not be compared like for like.
+DECODING = {"do_sample": False, "num_beams": 1, "repetition_penalty": 1.0}
+
+
+def greedy_config(model, max_new_tokens: int, **overrides: Any):  # -> GenerationConfig
+    """A GenerationConfig that is :data:`DECODING`, whatever sampling defaults the model ships.
+
+    Only the model's stop and pad tokens are kept; its temperature, top_p, top_k and
+    repetition penalty are not inherited (a fresh config, not an update of the model's).
+    """
+    from transformers import GenerationConfig
+
+    own = model.generation_config
+    settings = {
+        **DECODING,
+        "max_new_tokens": max_new_tokens,
+        "eos_token_id": own.eos_token_id,
+        "pad_token_id": own.pad_token_id,
+        "bos_token_id": own.bos_token_id,
+    }
+    return GenerationConfig(**{**settings, **overrides})
 
 
 def generate_batch(
@@ -52,12 +74,9 @@ def generate_batch(
                 )
             batch = batch.to(model.device)
             with torch.no_grad():
-                out = model.generate(
-                    **batch,
-                    max_new_tokens=max_new_tokens,
-                    pad_token_id=tokenizer.pad_token_id,
-                    **DECODING,
-                )  # (batch, prompt_len + new_tokens)
+                config = greedy_config(model, max_new_tokens, pad_token_id=tokenizer.pad_token_id)
+                out = model.generate(**batch, generation_config=config)
+                # (batch, prompt_len + new_tokens)
             new = out[:, batch["input_ids"].shape[1] :]
             replies += tokenizer.batch_decode(new, skip_special_tokens=True)
     finally:

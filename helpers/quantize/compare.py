@@ -78,6 +78,8 @@ class HFRunner:
 
     def speed(self, prompt: list[int], n_new: int) -> tuple[float, float]:
         """Prompt (prefill) and decode tokens per second."""
+        from helpers.evaluation.generation import greedy_config
+
         torch = self.torch
         ids = torch.tensor([prompt], device=self.device)  # (1, prompt_len)
         sync = torch.cuda.synchronize if self.device.type == "cuda" else lambda: None
@@ -88,13 +90,8 @@ class HFRunner:
             sync()  # GPU kernels run asynchronously: wait for them before reading the clock
             prefill = time.perf_counter() - t0
             t0 = time.perf_counter()
-            self.model.generate(
-                input_ids=ids,
-                max_new_tokens=n_new,
-                min_new_tokens=n_new,
-                do_sample=False,
-                pad_token_id=self.model.generation_config.pad_token_id,
-            )
+            config = greedy_config(self.model, n_new, min_new_tokens=n_new)
+            self.model.generate(input_ids=ids, generation_config=config)
             sync()
             total = time.perf_counter() - t0
         return len(prompt) / prefill, n_new / max(total - prefill, 1e-9)
