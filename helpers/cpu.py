@@ -16,8 +16,11 @@ some have AVX2 only, others AVX-512 (with BF16) and AMX. Two libraries behave di
 
 from __future__ import annotations
 
+import os
 import platform
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 # The instruction-set flags (as /proc/cpuinfo names them) that decide which kernels can run.
@@ -48,6 +51,14 @@ def cpu_model() -> str:
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (a container's CPU set), not the host's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS and Windows have no affinity call
+        return os.cpu_count() or 1
 
 
 def cpu_flags() -> set[str]:
@@ -109,6 +120,48 @@ def guard_bnb_cpu(model) -> list[str]:
             stacklevel=2,
         )
     return bad
+
+
+def _linear4bit_layers(*models) -> list:
+    try:
+        from bitsandbytes.nn import Linear4bit
+    except ImportError:
+        return []
+    return [m for model in models for m in model.modules() if isinstance(m, Linear4bit)]
+
+
+def train_on_generic_bnb_path(model) -> int:
+    """Keep a 4-bit model that is being trained off the packed kernel; returns the layer count.
+
+    bitsandbytes 0.50 repacks a layer for its AVX-512-BF16 kernel at the first eval forward (the
+    eval loss during training) and unpacks it when a checkpoint is saved; the unpacking
+    re-quantizes the block scales (absmax) approximately, so the frozen base drifts under the
+    adapter and no longer equals the base it is reloaded on. The generic path never repacks.
+    """
+    layers = _linear4bit_layers(model)
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = False
+    return len(layers)
+
+
+@contextmanager
+def bnb_generic_path(*models) -> Iterator[None]:
+    """Run 4-bit layers through bitsandbytes' generic path (fp32) inside the block, then restore.
+
+    Which 4-bit kernel a CPU forward takes depends on the CPU (AVX-512-BF16: packed, in bf16)
+    and on the inputs (a training hook that makes them require grad: generic, in fp32). Two
+    models compared at float32 tolerance must take the same one. A layer already repacked by
+    an earlier eval forward keeps its packed kernel.
+    """
+    layers = _linear4bit_layers(*models)
+    saved = [layer.support_avx512bf16_for_cpu for layer in layers]
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = False
+    try:
+        yield
+    finally:
+        for layer, value in zip(layers, saved, strict=True):
+            layer.support_avx512bf16_for_cpu = value
 
 
 def report() -> list[str]:

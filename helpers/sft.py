@@ -13,7 +13,10 @@ What TRL 1.16 / transformers 5.x already do, so this module does not repeat it:
   input grads itself, TRL again for peft models. ``compute_loss`` passes ``use_cache=False``.
 * TRL no longer calls peft's ``prepare_model_for_kbit_training`` (no fp32 upcast of norms and
   embeddings) and casts a quantized model's adapters to bf16; ``make_trainer`` casts them back
-  to fp32 unless the profile computes in bf16 (fp16 AMP needs fp32 master weights).
+  to fp32 on every profile. fp16 AMP needs fp32 master weights; under bf16 autocast the matmuls
+  still run in bf16, but Adam's small updates are not rounded away, and the adapter is saved
+  and reloaded (peft loads adapters as fp32) at the precision it was trained in, so
+  ``reload_check`` compares like with like.
 * With ``eos_token`` unset TRL leaves the EOS alone; ``helpers.models.check_template_and_eos``
   checks that the end-of-turn token is trained and stops generation.
 
@@ -38,8 +41,9 @@ from unittest import mock
 
 from transformers import EarlyStoppingCallback, TrainerCallback
 
+from helpers.cpu import bnb_generic_path, train_on_generic_bnb_path
 from helpers.data.lossmask import trl_loss_options
-from helpers.env import detect_platform
+from helpers.env import detect_platform, platform_path
 from helpers.profiles import Profile
 from helpers.vram import ModelShape
 
@@ -79,7 +83,7 @@ def lora_config(profile: Profile, **overrides: Any):  # -> peft.LoraConfig
 def tensorboard_dir(output_dir: str | Path) -> Path:
     """Where TensorBoard logs go: /root/tf-logs/<run> on AutoDL, else <output_dir>/runs."""
     if detect_platform() == "autodl":
-        return Path(AUTODL_TB_DIR) / Path(output_dir).name
+        return platform_path(AUTODL_TB_DIR) / Path(output_dir).name
     return Path(output_dir) / "runs"
 
 
@@ -207,8 +211,13 @@ def make_trainer(
             peft_config=lora_config(profile, **(lora or {})),
             callbacks=callbacks,
         )
-    if getattr(model, "is_loaded_in_4bit", False) and profile.dtype != "bfloat16":
-        for param in trainer.model.parameters():  # TRL made them bf16; fp16 AMP/CPU want fp32
+    quantized = getattr(model, "is_loaded_in_4bit", False) or getattr(
+        model, "is_loaded_in_8bit", False
+    )
+    if quantized and not torch.cuda.is_available():
+        train_on_generic_bnb_path(trainer.model)  # the frozen base must not drift (helpers.cpu)
+    if quantized:  # TRL made the adapters bf16; keep them fp32 on every profile (see module doc)
+        for param in trainer.model.parameters():
             if param.requires_grad:
                 param.data = param.data.to(torch.float32)
     return trainer
@@ -268,17 +277,33 @@ class LiveLossPlot(TrainerCallback):
         return ax
 
 
-def flops_per_token(shape: ModelShape, n_lora: int, seq_len: int) -> float:
-    """Training FLOPs per token with a frozen base: 4N + 6N_lora + 12·L·d·T.
+def flops_per_token(
+    shape: ModelShape, n_lora: int, seq_len: int, label_share: float = 1.0
+) -> float:
+    """Training FLOPs per token with a frozen base: 4N + 4·V·d·label_share + 6N_lora + 12·L·d·T.
 
-    N counts the matmul weights a token passes through: every parameter but the input
-    embedding lookup, with the LM head (V·d) counted even when tied to the embedding.
+    N counts the body's matmul weights (every parameter but the embedding and the LM head).
+    TRL 1.16's fused LM head projects, on CUDA, only positions that carry a label: pass
+    ``label_share`` (labelled / real tokens); 1.0 counts the head at every token, as TRL does
+    on CPU. Model FLOPs, as MFU counts them: the fused head's backward recompute of each
+    logits tile (2·V·d per label), like checkpointing's recompute, is not counted.
     """
     counts = shape.param_counts()
     n = counts["total"] - counts["embedding"] - counts["lm_head"]
-    n += shape.vocab_size * shape.hidden_size  # the LM head matmul
+    head = shape.vocab_size * shape.hidden_size * label_share  # the LM head matmul (tied or not)
     attention = 12 * shape.num_layers * shape.hidden_size * seq_len
-    return 4 * n + 6 * n_lora + attention
+    return 4 * (n + head) + 6 * n_lora + attention
+
+
+def dataset_label_share(dataset: Any, rows: int = 1000) -> float:
+    """Share of tokens with a label in TRL's prepared rows (the first ``rows``); 1.0 if unknown."""
+    from datasets import Dataset
+
+    if not isinstance(dataset, Dataset) or "labels" not in dataset.column_names:
+        return 1.0
+    labels = dataset.select_columns(["labels"])[:rows]["labels"]  # TRL: -100 = no loss
+    total = sum(len(row) for row in labels)
+    return sum(t != -100 for row in labels for t in row) / total if total else 1.0
 
 
 def gpu_peak_flops(name: str) -> float | None:
@@ -309,9 +334,10 @@ class ThroughputCallback(TrainerCallback):
         self.n_lora = 0
         self.gpu_name: str | None = None
         self.peak_memory_mb = 0.0
+        self.label_share = 1.0  # labelled / real tokens: the LM head's share, for MFU
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        """Reset counters and the CUDA peak; read the model's shape for MFU."""
+        """Reset counters and the CUDA peak; read the model's shape and label share for MFU."""
         import torch
 
         if args.include_num_input_tokens_seen == "no":
@@ -328,6 +354,9 @@ class ThroughputCallback(TrainerCallback):
         if torch.cuda.is_available() and not args.use_cpu:
             self.gpu_name = torch.cuda.get_device_name()
             torch.cuda.reset_peak_memory_stats()
+            # TRL's fused LM head projects only labelled positions on CUDA
+            data = getattr(kwargs.get("train_dataloader"), "dataset", None)
+            self.label_share = dataset_label_share(data)
 
     def on_step_begin(self, args, state, control, **kwargs):
         """Start the step clock."""
@@ -360,7 +389,8 @@ class ThroughputCallback(TrainerCallback):
         mfu = None
         peak = gpu_peak_flops(self.gpu_name) if self.gpu_name else None
         if peak and self.shape is not None and self.samples:
-            fpt = flops_per_token(self.shape, self.n_lora, round(self.tokens / self.samples))
+            seq_len = round(self.tokens / self.samples)
+            fpt = flops_per_token(self.shape, self.n_lora, seq_len, self.label_share)
             mfu = tokens_per_s * fpt / peak
         return {
             "steps": len(self.step_seconds),
@@ -422,7 +452,10 @@ def _logits(model, tokenizer, prompts: Sequence[str]):
     """Last-layer logits for a batch of prompts, padded, in float32 on CPU."""
     import torch
 
-    batch = tokenizer(list(prompts), return_tensors="pt", padding=True).to(model.device)
+    # the prompts are chat-templated text, which already holds any BOS the model wants
+    batch = tokenizer(
+        list(prompts), return_tensors="pt", padding=True, add_special_tokens=False
+    ).to(model.device)
     with torch.no_grad():
         return model(**batch).logits.float().cpu(), batch["attention_mask"].bool().cpu()
 
@@ -459,6 +492,13 @@ def reload_check(
     else:
         base = copy.deepcopy(base_model) if copy_base else base_model
     reloaded = PeftModel.from_pretrained(base, adapter_path).eval()
+    models = (reloaded,) if trained_model is None else (reloaded, trained_model)
+    with bnb_generic_path(*models):  # the same 4-bit CPU kernel on both sides (helpers.cpu)
+        return _compare_reloaded(reloaded, adapter_path, tokenizer, prompts, trained_model, atol)
+
+
+def _compare_reloaded(reloaded, adapter_path: Path, tokenizer, prompts, trained_model, atol):
+    """reload_check's comparisons: the adapter changes the base, and equals the trained one."""
     logits, keep = _logits(reloaded, tokenizer, prompts)
     with reloaded.disable_adapter():
         base_logits, _ = _logits(reloaded, tokenizer, prompts)

@@ -6,6 +6,7 @@ failed on the tiny model's 352-wide MLP. These tests run on whatever CPU CI has;
 header (root conftest.py) names it.
 """
 
+import dataclasses
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 import torch
 
 from helpers import cpu
+from helpers.profiles import get_profile
 from helpers.quantize import install
 
 PORTABLE = (
@@ -213,3 +215,37 @@ def test_the_cpu_report_names_the_machine_and_both_libraries():
     assert lines[0].startswith(f"cpu: {cpu.cpu_model()}")
     assert "AVX2 = 1" in lines[1]
     assert ("packed" in lines[2]) == cpu.bnb_packed_cpu_path()
+
+
+def test_qlora_training_on_cpu_leaves_the_frozen_4bit_base_as_loaded(tiny_dir, tmp_path):
+    """Eval during training, then a checkpoint: bitsandbytes' repack/unpack must not happen.
+
+    On AVX-512-BF16 CPUs an eval forward repacks 4-bit layers and saving unpacks them,
+    re-quantizing the block scales approximately: the base would drift under the adapter.
+    """
+    from bitsandbytes.nn import Linear4bit
+    from transformers import AutoTokenizer
+
+    from helpers import sft
+    from helpers.data import load_split
+
+    model = _load_4bit(tiny_dir)
+    layers = [m for m in model.modules() if isinstance(m, Linear4bit)]
+    before = [(m.weight.data.clone(), m.weight.quant_state.absmax.clone()) for m in layers]
+    rows = load_split("train")[:8]
+    profile = dataclasses.replace(get_profile("tiny"), method="qlora", max_steps=2)
+    trainer = sft.make_trainer(
+        model,
+        AutoTokenizer.from_pretrained(tiny_dir),
+        rows,
+        rows[:4],  # an eval loss during training: eval forwards
+        profile,
+        tmp_path,
+        save_steps=1,  # a checkpoint after every step
+        eval_steps=1,
+        report_to=[],
+    )
+    sft.train(trainer)
+    for layer, (weight, absmax) in zip(layers, before, strict=True):
+        assert torch.equal(layer.weight.data, weight)
+        assert torch.equal(layer.weight.quant_state.absmax, absmax)
