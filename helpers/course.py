@@ -25,8 +25,23 @@ OUTPUTS_ENV_VAR = "COURSE_OUTPUTS"
 
 
 def outputs_dir() -> Path:
-    """Where notebooks write what later notebooks read: ``$COURSE_OUTPUTS`` or outputs/."""
-    return Path(os.environ.get(OUTPUTS_ENV_VAR) or REPO_ROOT / "outputs")
+    """Where notebooks write what later notebooks read, decided here and nowhere else.
+
+    ``$COURSE_OUTPUTS`` if set; on Colab, Google Drive when it is mounted (a fresh runtime keeps
+    nothing else: every Colab badge opens one); on AutoDL, the data disk (the system disk is
+    ~30 GB); elsewhere ``outputs/`` in the repository.
+    """
+    from helpers.env import AUTODL_DATA_DISK, COLAB_DRIVE, detect_platform, platform_path
+
+    if os.environ.get(OUTPUTS_ENV_VAR):
+        return Path(os.environ[OUTPUTS_ENV_VAR]).expanduser()
+    platform = detect_platform()
+    drive = platform_path(COLAB_DRIVE)
+    if platform == "colab" and drive.is_dir():
+        return drive / "llm-course" / "outputs"
+    if platform == "autodl":
+        return platform_path(AUTODL_DATA_DISK) / "llm-course" / "outputs"
+    return REPO_ROOT / "outputs"
 
 
 def record_figure(name: str, value: object) -> object:
@@ -39,6 +54,84 @@ def record_figure(name: str, value: object) -> object:
         with open(target, "a", encoding="utf-8") as handle:
             handle.write(json.dumps({"name": name, "value": value}, default=str) + "\n")
     return value
+
+
+# What a notebook leaves for later ones: name -> (notebook that makes it, path under outputs_dir()).
+ARTIFACTS = {
+    "data": ("01", "data/train.jsonl"),
+    "baseline": ("02", "eval/baseline_{profile}.json"),
+    "adapter": ("03", "adapters/{profile}/adapter_config.json"),
+    "results": ("04", "eval/results_{profile}.json"),
+    "gguf": ("05", "gguf/{profile}/model-q4_k_m.gguf"),
+}
+# What each notebook cannot run without (01-03 fall back to the shipped data and re-measure).
+NEEDS = {"04": ("adapter",), "05": ("adapter", "results"), "06": ("gguf",)}
+# Minutes per notebook and profile: measured for tiny and cpu-demo (README), estimated on GPUs.
+MINUTES = {
+    "tiny": {"01": 1, "02": 1, "03": 1, "04": 1, "05": 1},
+    "cpu-demo": {"01": 1, "02": 3, "03": 16, "04": 21, "05": 10},
+    "t4": {"01": 2, "02": 4, "03": 17, "04": 30, "05": 20},
+    "24g": {"01": 2, "02": 5, "03": 23, "04": 35, "05": 30},
+}
+
+
+class MissingArtifactError(FileNotFoundError):
+    """A notebook needs what an earlier notebook writes, and it is not there."""
+
+
+def artifact_path(name: str, profile_name: str) -> Path:
+    """Where artifact ``name`` (see :data:`ARTIFACTS`) of a profile lives."""
+    return outputs_dir() / ARTIFACTS[name][1].format(profile=profile_name)
+
+
+def _upstream(notebook: str) -> list[str]:
+    """The notebooks to run, in order, so that ``notebook``'s needs exist, itself included."""
+    chain: list[str] = []
+    for need in NEEDS.get(notebook, ()):
+        for nb in _upstream(ARTIFACTS[need][0]):
+            if nb not in chain:
+                chain.append(nb)
+    return [*chain, notebook]
+
+
+def require(*names: str, profile_name: str) -> dict[str, Path]:
+    """The paths of the named artifacts; if one is missing, say who makes it and how to rebuild.
+
+    On Colab every notebook opens a fresh runtime, so outputs persist only on Google Drive
+    (the install cell offers to mount it); ``rebuild`` makes what is missing here, headless.
+    """
+    paths = {name: artifact_path(name, profile_name) for name in names}
+    missing = [name for name, path in paths.items() if not path.exists()]
+    if missing:
+        name = missing[0]
+        notebook = ARTIFACTS[name][0]
+        chain = [nb for nb in _upstream(notebook) if _missing_from(nb, profile_name)]
+        minutes = sum(MINUTES.get(profile_name, {}).get(nb, 0) for nb in chain)
+        raise MissingArtifactError(
+            f"The {name} ({paths[name]}) is missing: notebook {notebook} makes it. Run "
+            f"{', '.join(chain)} first (about {minutes} min on {profile_name}), or rebuild it "
+            f"here, headless: from helpers import course; course.rebuild({name!r}). On Colab, "
+            "mount Google Drive in the install cell so that outputs outlive the runtime."
+        )
+    return paths
+
+
+def _missing_from(notebook: str, profile_name: str) -> bool:
+    made = [name for name, (nb, _) in ARTIFACTS.items() if nb == notebook]
+    return not made or not all(artifact_path(name, profile_name).exists() for name in made)
+
+
+def rebuild(name: str) -> list[NotebookResult]:
+    """Run the notebooks that make artifact ``name`` (and what they need), headless, in order."""
+    from helpers.profiles import active_profile
+
+    profile = active_profile().name
+    chain = [nb for nb in _upstream(ARTIFACTS[name][0]) if _missing_from(nb, profile)]
+    _, results = run_course(only=chain)
+    failed = [r for r in results if r.status != "ok"]
+    if failed:
+        raise RuntimeError(f"Rebuilding {name} failed in {failed[0].notebook}: {failed[0].error}")
+    return results
 
 
 @dataclass

@@ -13,9 +13,9 @@ checks free space before a download, and finds models that are already on disk.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import platform as _platform
-import shutil
 import sys
 import urllib.error
 import urllib.request
@@ -24,11 +24,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from helpers.cpu import usable_cpus
+from helpers.rehearsal import disk_usage as _disk_usage
+from helpers.rehearsal import platform_path
+
 GIB = 1024**3  # memory (VRAM, RAM) is reported in GiB
 GB = 1000**3  # disk and download sizes in GB, as hub pages and `df -H` show them
 
 PLATFORMS = ("colab", "autodl", "local")
 AUTODL_DATA_DISK = "/root/autodl-tmp"
+COLAB_DRIVE = "/content/drive/MyDrive"  # where Colab mounts Google Drive
 
 HUBS = ("hf", "hf-mirror", "modelscope", "offline")
 HUB_ENV_VAR = "COURSE_HUB"
@@ -92,7 +97,8 @@ def detect_platform(
     environ = os.environ if environ is None else environ
     if "COLAB_RELEASE_TAG" in environ or "COLAB_GPU" in environ or _colab_importable():
         return "colab"
-    if exists(AUTODL_DATA_DISK) or any(key.upper().startswith("AUTODL") for key in environ):
+    autodl_vars = any(key.upper().startswith("AUTODL") for key in environ)
+    if exists(str(platform_path(AUTODL_DATA_DISK))) or autodl_vars:
         return "autodl"
     return "local"
 
@@ -183,11 +189,11 @@ def configure_caches(
     if platform == "autodl":
         for var, sub in (("HF_HOME", "hf_home"), ("MODELSCOPE_CACHE", "modelscope")):
             if not environ.get(var):
-                environ[var] = f"{AUTODL_DATA_DISK}/{sub}"
+                environ[var] = str(platform_path(AUTODL_DATA_DISK) / sub)
     return cache_dirs(environ)
 
 
-def free_disk_gb(path: str | os.PathLike, disk_usage: Callable = shutil.disk_usage) -> float:
+def free_disk_gb(path: str | os.PathLike, disk_usage: Callable = _disk_usage) -> float:
     """Free GB on the disk holding ``path`` (or its nearest existing parent)."""
     existing = Path(path).expanduser().absolute()
     while not existing.exists() and existing != existing.parent:
@@ -199,19 +205,27 @@ def check_disk(
     path: str | os.PathLike,
     need_gb: float,
     platform: str | None = None,
-    disk_usage: Callable = shutil.disk_usage,
+    disk_usage: Callable = _disk_usage,
     margin_gb: float = 1.0,
+    what: str | None = None,
+    fix: str | None = None,
 ) -> float:
-    """Return the free GB at ``path``; raise InsufficientDiskError below ``need_gb + margin_gb``."""
+    """Return the free GB at ``path``; raise InsufficientDiskError below ``need_gb + margin_gb``.
+
+    ``what`` names what is being written; ``fix`` replaces the default (download) advice.
+    """
     free = free_disk_gb(path, disk_usage)
     if free >= need_gb + margin_gb:
         return free
     platform = platform or detect_platform()
     message = (
-        f"Not enough disk space at {path}: {free:.1f} GB free, "
+        f"Not enough disk space{f' for {what}' if what else ''} at {path}: {free:.1f} GB free, "
         f"{need_gb:.1f} GB needed (+{margin_gb:.1f} GB margin).\n"
     )
-    if platform == "autodl" and not str(path).startswith(AUTODL_DATA_DISK):
+    data_disk = platform_path(AUTODL_DATA_DISK)
+    if fix:
+        message += fix
+    elif platform == "autodl" and data_disk not in [Path(path), *Path(path).absolute().parents]:
         message += (
             "On AutoDL the system disk (/, which holds ~/.cache) is only about 30 GB; models "
             f"belong on the data disk {AUTODL_DATA_DISK}. Fix: run configure_caches() before "
@@ -255,15 +269,31 @@ def _hf_repo_dir(hub_cache: str | os.PathLike, model_id: str) -> Path:
     return Path(hub_cache) / ("models--" + model_id.replace("/", "--"))
 
 
-def _hf_snapshot(hub_cache: str | os.PathLike, model_id: str) -> Path | None:
-    """The snapshot refs/main points to, else the newest one, if it has a config.json."""
+def _complete(folder: Path) -> bool:
+    """A model folder with its config and every weight file (an interrupted download is not)."""
+    if not (folder / "config.json").is_file():
+        return False
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = set(json.loads(index.read_text())["weight_map"].values())
+        return all((folder / shard).is_file() for shard in shards)
+    return any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))
+
+
+def _hf_snapshot(
+    hub_cache: str | os.PathLike, model_id: str, revision: str | None = None
+) -> Path | None:
+    """The pinned revision's snapshot, else the one refs/main points to, else the newest."""
     repo = _hf_repo_dir(hub_cache, model_id)
+    if revision is not None:
+        snapshot = repo / "snapshots" / revision
+        return snapshot if _complete(snapshot) else None
     ref = repo / "refs" / "main"
     snapshots = [repo / "snapshots" / ref.read_text().strip()] if ref.is_file() else []
     snapshots += sorted(
         (repo / "snapshots").glob("*"), key=lambda p: p.stat().st_mtime, reverse=True
     )
-    return next((s for s in snapshots if (s / "config.json").is_file()), None)
+    return next((s for s in snapshots if _complete(s)), None)
 
 
 def _search_locations(model_id: str, caches: Mapping[str, str]) -> list[Path]:
@@ -275,19 +305,25 @@ def _search_locations(model_id: str, caches: Mapping[str, str]) -> list[Path]:
     return places
 
 
-def find_local_model(model_id: str, caches: Mapping[str, str] | None = None) -> Path | None:
-    """A downloaded copy of ``model_id`` (a folder with config.json), or None; never networks."""
+def find_local_model(
+    model_id: str, caches: Mapping[str, str] | None = None, revision: str | None = None
+) -> Path | None:
+    """A complete downloaded copy of ``model_id`` (at ``revision`` in the HF cache), or None.
+
+    Never touches the network. ``revision`` pins the Hugging Face snapshot; ModelScope keeps one
+    folder per model, without revisions.
+    """
     plain = Path(model_id).expanduser()
     if (plain / "config.json").is_file():
         return plain
     caches = cache_dirs() if caches is None else caches
     if caches.get("HF_HUB_CACHE"):
-        snapshot = _hf_snapshot(caches["HF_HUB_CACHE"], model_id)
+        snapshot = _hf_snapshot(caches["HF_HUB_CACHE"], model_id, revision)
         if snapshot is not None:
             return snapshot
     if caches.get("MODELSCOPE_CACHE"):
         ms_dirs = _modelscope_candidates(caches["MODELSCOPE_CACHE"], model_id)
-        return next((d for d in ms_dirs if (d / "config.json").is_file()), None)
+        return next((d for d in ms_dirs if _complete(d)), None)
     return None
 
 
@@ -349,7 +385,7 @@ def download_model(
     platform = platform or detect_platform()
     hub = choose_hub(platform=platform) if hub is None else _validate_hub(hub)
     if hub == "offline":
-        return _find_offline(model_id, cache_dir)
+        return _find_offline(model_id, cache_dir, revision)
 
     cache_key = "MODELSCOPE_CACHE" if hub == "modelscope" else "HF_HUB_CACHE"
     if cache_dir is not None:
@@ -358,14 +394,17 @@ def download_model(
         target = Path(cache_dirs()[cache_key]) / "models"
     else:  # explicit, because huggingface_hub reads HF_HOME only once, at import
         target = Path(cache_dirs()[cache_key])
-    if find_local_model(model_id, {cache_key: str(target)}) is None:
-        size = need_gb if need_gb is not None else remote_size_gb(model_id, hub)
-        if size is not None:  # unknown size: let the download itself report a full disk
-            check_disk(target, size, platform=platform)
+    pinned = revision if hub != "modelscope" else None  # HF commit ids mean nothing there
+    local = find_local_model(model_id, {cache_key: str(target)}, pinned)
+    if local is not None:  # already complete on disk: no network at all
+        return local
+    size = need_gb if need_gb is not None else remote_size_gb(model_id, hub)
+    if size is not None:  # unknown size: let the download itself report a full disk
+        check_disk(target, size, platform=platform)
 
     kwargs: dict[str, Any] = {"cache_dir": str(target)}
-    if revision is not None:
-        kwargs["revision"] = revision
+    if pinned is not None:
+        kwargs["revision"] = pinned
     if hub == "modelscope":
         download = snapshot_download or _import_modelscope_snapshot_download()
     else:
@@ -377,7 +416,7 @@ def download_model(
     if (path / "config.json").is_file():
         return path
     # Some modelscope versions return the name with '.' while the folder on disk uses '___'.
-    found = find_local_model(model_id, {cache_key: str(target)})
+    found = find_local_model(model_id, {cache_key: str(target)}, pinned)
     if found is None:
         raise FileNotFoundError(
             f"Downloaded {model_id!r} from {hub} to {path}, but there is no config.json there. "
@@ -386,13 +425,15 @@ def download_model(
     return found
 
 
-def _find_offline(model_id: str, cache_dir: str | os.PathLike | None) -> Path:
+def _find_offline(
+    model_id: str, cache_dir: str | os.PathLike | None, revision: str | None = None
+) -> Path:
     caches = (
         cache_dirs()
         if cache_dir is None
         else {"HF_HUB_CACHE": str(cache_dir), "MODELSCOPE_CACHE": str(cache_dir)}
     )
-    found = find_local_model(model_id, caches)
+    found = find_local_model(model_id, caches, revision)
     if found is not None:
         return found
     looked = "\n".join(
@@ -455,16 +496,10 @@ class EnvReport:
 
 
 def _ram_gb() -> float | None:
-    try:
-        import psutil
+    """The memory this process may use: a container's cgroup limit, else the host's RAM."""
+    from helpers.resources import available_memory
 
-        return psutil.virtual_memory().total / GIB
-    except ImportError:
-        pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
-    except (AttributeError, ValueError, OSError):  # Windows has no sysconf
-        return None
+    return available_memory().total / GIB
 
 
 def detect_environment(profile: Any = None) -> EnvReport:
@@ -480,7 +515,7 @@ def detect_environment(profile: Any = None) -> EnvReport:
         torch=torch.__version__,
         cuda=torch.version.cuda if gpu is not None else None,
         gpu=gpu,
-        cpu_count=os.cpu_count() or 1,
+        cpu_count=usable_cpus(),
         ram_gb=_ram_gb(),
         hub=choose_hub(profile, platform=platform),
         caches=caches,

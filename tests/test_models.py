@@ -131,7 +131,13 @@ def test_model_path_for_a_hub_profile_goes_through_the_chosen_hub(monkeypatch, t
     calls = []
     monkeypatch.setattr(env, "choose_hub", lambda profile: "modelscope")
     monkeypatch.setattr(
-        env, "download_model", lambda model_id, hub: calls.append((model_id, hub)) or tmp_path
+        env, "download_model", lambda model_id, **kw: calls.append((model_id, kw)) or tmp_path
     )
     assert models.model_path(get_profile("24g")) == tmp_path
-    assert calls == [("Qwen/Qwen2.5-7B-Instruct", "modelscope")]
+    profile = get_profile("24g")
+    assert calls == [
+        (
+            "Qwen/Qwen2.5-7B-Instruct",
+            {"hub": "modelscope", "revision": profile.revision, "need_gb": 15.2},
+        )
+    ]
