@@ -6,6 +6,7 @@ and the GGUF files carry the model's own chat template and EOS.
 """
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -228,3 +229,159 @@ def test_export_base_gguf_keeps_the_base_model(tiny_dir, tmp_path):
         hf = base(input_ids=torch.tensor([ids])).logits[0]
     gg, _ = _gguf_logits(path, ids)
     assert (hf - gg).abs().max().item() < 0.05
+
+
+# --- precision, verification of the saved merge, resources ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("bf16", "expected"), [(False, torch.float16), (True, torch.bfloat16), (None, torch.float32)]
+)
+def test_compute_dtype_asks_the_hardware(monkeypatch, bf16, expected):
+    """A T4 (sm_75) gets float16 although torch.cuda.is_bf16_supported() says yes; CPU float32."""
+    from helpers import env
+
+    gpu = None if bf16 is None else env.GpuInfo("GPU", 15.0, (8, 6) if bf16 else (7, 5), bf16)
+    monkeypatch.setattr(env, "gpu_info", lambda: gpu)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # emulation
+    assert quantize.merge.compute_dtype() == expected
+
+
+@pytest.mark.parametrize(
+    ("bf16", "free_gib", "expected"),
+    [
+        (False, 10, ("cuda", "float16", "float16")),  # T4: merged and saved in fp16, on the GPU
+        (True, 10, ("cuda", "bfloat16", "bfloat16")),
+        (True, 0, ("cpu", "float32", "bfloat16")),  # GPU full: float32 on the CPU, saved bf16
+    ],
+)
+def test_merge_plan_picks_device_and_dtype(
+    tiny_dir, tmp_path, monkeypatch, bf16, free_gib, expected
+):
+    from helpers import env
+
+    gpu = env.GpuInfo("GPU", 15.0, (8, 6) if bf16 else (7, 5), bf16)
+    monkeypatch.setattr(env, "gpu_info", lambda: gpu)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (free_gib * 2**30, 15 * 2**30))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plan = quantize.merge.merge_plan(tiny_dir, tmp_path / "m")
+    assert (plan["device"], plan["merge_dtype"], plan["save_dtype"]) == expected
+    assert any("merging on the CPU instead" in str(w.message) for w in caught) == (free_gib == 0)
+
+
+def _safetensors_dtypes(folder) -> set[str]:
+    import struct
+
+    with open(folder / "model.safetensors", "rb") as handle:
+        (size,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(size))
+    return {t["dtype"] for k, t in header.items() if k != "__metadata__"}
+
+
+def test_merge_on_cpu_checks_the_saved_bf16_file(tiny_export, tmp_path):
+    """The check runs on what was written: bf16 rounding shows, within bf16's tolerance."""
+    report = quantize.merge_adapter(tiny_export["base"], tiny_export["adapter"], tmp_path / "m")
+    assert (report["device"], report["merge_dtype"], report["saved_dtype"]) == (
+        "cpu",
+        "float32",
+        "bfloat16",
+    )
+    assert _safetensors_dtypes(tmp_path / "m") == {"BF16"}
+    assert report["atol"] == quantize.merge.LOGIT_ATOL["bfloat16"]
+    assert 1e-5 < report["max_abs_logit_diff"] <= report["atol"]  # not a float32 twin: ~1e-6
+    assert report["max_abs_logit_diff"] < report["adapter_effect"] / 10
+    # the random tiny model has near-ties (top-2 gaps of 1e-3) that bf16 rounding may flip
+    assert report["greedy_tokens_checked"] == 32 and report["greedy_agreement"] >= 0.9
+
+
+def test_merge_catches_a_corrupted_save_and_deletes_it(tiny_export, tmp_path, monkeypatch):
+    from safetensors.torch import load_file, save_file
+    from transformers import PreTrainedModel
+
+    save = PreTrainedModel.save_pretrained
+
+    def save_then_corrupt(self, out_dir, *args, **kwargs):
+        save(self, out_dir, *args, **kwargs)
+        weights = load_file(out_dir / "model.safetensors")
+        weights["model.norm.weight"] *= 1.5  # as a bad cast or a truncated write would
+        save_file(weights, out_dir / "model.safetensors", metadata={"format": "pt"})
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", save_then_corrupt)
+    with pytest.raises(AssertionError, match="weights were deleted"):
+        quantize.merge_adapter(
+            tiny_export["base"], tiny_export["adapter"], tmp_path / "m", save_dtype="float32"
+        )
+    assert not list((tmp_path / "m").glob("*.safetensors"))
+
+
+def test_merge_refuses_before_loading_when_memory_is_short(tiny_export, tmp_path, monkeypatch):
+    from helpers import resources
+
+    short = resources.Memory(2**20, 2**30, "cgroup v2 limit /sys/fs/cgroup/memory.max (fake)")
+    monkeypatch.setattr(resources, "available_memory", lambda: short)
+    with pytest.raises(resources.InsufficientMemoryError, match="merging the adapter into"):
+        quantize.merge_adapter(tiny_export["base"], tiny_export["adapter"], tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.fixture
+def fake_llama_tools(monkeypatch):
+    """Converter and quantizer that write small files: only the file handling is under test."""
+    from helpers.quantize import gguf_export
+
+    def convert(hf_dir, out_path, outtype="f16"):
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_bytes(b"f16")
+        return out_path
+
+    def quantize_file(src, dst, kind):
+        assert src.exists(), "the f16 file must exist while quantizing"
+        dst.write_bytes(kind.encode())
+        return dst
+
+    monkeypatch.setattr(gguf_export, "convert_to_gguf", convert)
+    monkeypatch.setattr(gguf_export, "quantize_gguf", quantize_file)
+
+
+def _names(folder) -> list[str]:
+    return sorted(p.name for p in folder.glob("*.gguf"))
+
+
+def test_export_gguf_deletes_the_f16_intermediate(tiny_export, tmp_path, fake_llama_tools):
+    files = quantize.export_gguf(tiny_export["merged"], tmp_path / "a")
+    assert list(files) == ["q8_0", "q4_k_m"]
+    assert _names(tmp_path / "a") == ["model-q4_k_m.gguf", "model-q8_0.gguf"]
+    kept = quantize.export_gguf(tiny_export["merged"], tmp_path / "b", ["q8_0"], keep_f16=True)
+    assert set(kept) == {"f16", "q8_0"} and kept["f16"].exists()
+    asked = quantize.export_gguf(tiny_export["merged"], tmp_path / "c", ["f16", "q8_0"])
+    assert _names(tmp_path / "c") == ["model-f16.gguf", "model-q8_0.gguf"] and "f16" in asked
+
+
+def test_export_base_gguf_deletes_its_f16(tiny_dir, tmp_path, fake_llama_tools):
+    path = quantize.export_base_gguf(tiny_dir, tmp_path)
+    assert path.name == "base-q8_0.gguf"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base-q8_0.gguf"]
+
+
+def test_export_refuses_a_disk_too_small_before_converting(tiny_export, tmp_path, monkeypatch):
+    from collections import namedtuple
+
+    from helpers import env, resources
+
+    check = resources.check_output_disk
+    tiny_disk = namedtuple("DiskUsage", "total used free")(10**9, 10**9, 1000)  # 1 kB free
+    monkeypatch.setattr(
+        resources,
+        "check_output_disk",
+        lambda *a, **k: check(*a, **k, platform="local", disk_usage=lambda _: tiny_disk),
+    )
+    out = tmp_path / "gguf"
+    with pytest.raises(env.InsufficientDiskError) as info:
+        quantize.export_gguf(tiny_export["merged"], out)
+    message = str(info.value)
+    assert "for the GGUF export of merged (f16 " in message and f"at {out}: " in message
+    assert "0.0 GB free" in message and "COURSE_OUTPUTS" in message and "-f16.gguf" in message
+    assert not out.exists()  # nothing converted
+    with pytest.raises(ValueError, match="q4_k_m"):
+        quantize.export_gguf(tiny_export["merged"], out, ["q3_weird"])

@@ -1,13 +1,15 @@
 """GGUF export with llama.cpp's own tools: convert the merged model, quantize, check the result.
 
 The converter is llama.cpp's ``convert_hf_to_gguf`` (package ``convert-hf-to-gguf``) and the
-quantizer is llama.cpp's ``llama_model_quantize`` (through ``llama-cpp-python``). The converter
+quantizer is llama.cpp's ``llama_model_quantize`` (through ``llama-cpp-python``). Free disk is
+checked before either runs (sizes from the parameter count, :mod:`helpers.resources`), and the
+f16 intermediate is deleted afterwards unless asked for. The converter
 package ships its own copy of the ``gguf`` module; installed next to the ``gguf`` package that
 transformers reads, one would overwrite the other's files. So it lives in a folder of its own
 (:func:`converter_dir`) and runs as a subprocess with that folder first on ``PYTHONPATH``.
 
     >>> from helpers.quantize import export_gguf
-    >>> files = export_gguf("outputs/merged/tiny", "outputs/gguf/tiny")  # {"f16": ..., "q8_0": ...}
+    >>> files = export_gguf("outputs/merged/tiny", "outputs/gguf/tiny")  # q8_0, q4_k_m paths
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from helpers import resources
+from helpers.cpu import usable_cpus
 from helpers.quantize.install import (
     CONVERTER_ENV_VAR,
     ConverterMissingError,
@@ -79,7 +83,7 @@ def quantize_gguf(src: str | Path, dst: str | Path, kind: str) -> Path:
     llama_cpp = load_llama_cpp()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, GGUF_KINDS[kind])
-    params.nthread = os.cpu_count() or 1
+    params.nthread = usable_cpus()
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
     if rc != 0 or not Path(dst).exists():
         raise RuntimeError(f"llama_model_quantize({src} → {kind}) returned {rc}")
@@ -148,31 +152,55 @@ def check_gguf(path: str | Path, tokenizer, texts: Sequence[str]) -> dict:
     }
 
 
+def _check_disk(model_dir: Path, out_dir: Path, files: dict[str, Path], what: str) -> None:
+    """Raise before converting if ``files`` (kind -> path, all at once) will not fit."""
+    unknown = set(files) - set(GGUF_KINDS)
+    if unknown:
+        raise ValueError(f"kinds must be among {sorted(GGUF_KINDS)}, not {sorted(unknown)}")
+    n = resources.checkpoint_params(model_dir)
+    need = sum(resources.gguf_bytes(n, kind) for kind in files)
+    need -= resources.existing_bytes(*files.values())  # files being replaced give space back
+    kinds = " + ".join(f"{k} {resources.gguf_bytes(n, k) / resources.GB:.3g} GB" for k in files)
+    resources.check_output_disk(out_dir, max(need, 0), f"{what} ({kinds}, at the peak)")
+
+
 def export_gguf(
     merged_dir: str | Path,
     out_dir: str | Path,
-    kinds: Sequence[str] = ("f16", "q8_0", "q4_k_m"),
+    kinds: Sequence[str] = ("q8_0", "q4_k_m"),
     name: str = "model",
+    keep_f16: bool = False,
 ) -> dict[str, Path]:
-    """Convert a merged checkpoint to ``<name>-f16.gguf`` and quantize it to the other kinds."""
+    """Convert a merged checkpoint to ``<name>-f16.gguf``, quantize it to ``kinds``.
+
+    The f16 file is an intermediate, deleted at the end, unless ``keep_f16`` or "f16" is one
+    of ``kinds``. Returns kind -> path of the files kept.
+    """
     from tqdm.auto import tqdm
 
-    out_dir = Path(out_dir)
-    f16 = out_dir / f"{name}-f16.gguf"
-    files: dict[str, Path] = {}
-    for kind in tqdm(list(dict.fromkeys(["f16", *kinds])), desc="GGUF export"):
+    merged_dir, out_dir = Path(merged_dir), Path(out_dir)
+    keep_f16 = keep_f16 or "f16" in kinds
+    order = list(dict.fromkeys(["f16", *kinds]))
+    paths = {kind: out_dir / f"{name}-{kind}.gguf" for kind in order}
+    _check_disk(merged_dir, out_dir, paths, f"the GGUF export of {merged_dir.name}")
+    for kind in tqdm(order, desc="GGUF export"):
         if kind == "f16":
-            files[kind] = convert_to_gguf(merged_dir, f16, "f16")
+            convert_to_gguf(merged_dir, paths["f16"], "f16")
         else:
-            files[kind] = quantize_gguf(f16, out_dir / f"{name}-{kind}.gguf", kind)
-    return {k: files[k] for k in kinds}
+            quantize_gguf(paths["f16"], paths[kind], kind)
+    if not keep_f16:
+        paths.pop("f16").unlink()
+    return paths
 
 
-def export_base_gguf(base_dir: str | Path, out_dir: str | Path, kind: str = "q8_0") -> Path:
+def export_base_gguf(
+    base_dir: str | Path, out_dir: str | Path, kind: str = "q8_0", keep_f16: bool = False
+) -> Path:
     """The untuned base model as ``base-<kind>.gguf``, for base-vs-tuned comparisons.
 
     The base checkpoint's template still carries the training markers, so the conversion
     reads the weights through links from a staging folder holding the inference template.
+    The f16 intermediate is deleted unless ``keep_f16`` (or ``kind`` is "f16").
     """
     import shutil
 
@@ -181,6 +209,8 @@ def export_base_gguf(base_dir: str | Path, out_dir: str | Path, kind: str = "q8_
     from helpers.quantize.merge import inference_template
 
     base_dir, out_dir = Path(base_dir), Path(out_dir)
+    paths = {k: out_dir / f"base-{k}.gguf" for k in dict.fromkeys(["f16", kind])}
+    _check_disk(base_dir, out_dir, paths, f"the base model's GGUF ({base_dir.name})")
     staging = out_dir / "base-staging"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -191,9 +221,9 @@ def export_base_gguf(base_dir: str | Path, out_dir: str | Path, kind: str = "q8_
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     tokenizer.chat_template = inference_template(tokenizer.chat_template)
     tokenizer.save_pretrained(staging)
-    f16 = convert_to_gguf(staging, out_dir / "base-f16.gguf", "f16")
-    out = f16 if kind == "f16" else quantize_gguf(f16, out_dir / f"base-{kind}.gguf", kind)
-    if out != f16:
+    f16 = convert_to_gguf(staging, paths["f16"], "f16")
+    out = f16 if kind == "f16" else quantize_gguf(f16, paths[kind], kind)
+    if out != f16 and not keep_f16:
         f16.unlink()
     shutil.rmtree(staging)
     return out

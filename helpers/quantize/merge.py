@@ -1,10 +1,13 @@
-"""Merge a LoRA adapter into the unquantized base, check it, and load bitsandbytes variants.
+"""Merge a LoRA adapter into the unquantized base, check the saved result, load bnb variants.
 
 A QLoRA adapter was trained against a 4-bit base, but it is merged into the 16-bit (or
 32-bit) weights: merging into NF4 would add ``B @ A`` to weights that are then re-rounded to
 16 levels per block, losing most of the update, and the result could not be saved as a normal
-checkpoint anyway. The merged model must give the same logits as base + adapter; that is
-checked before anything is saved.
+checkpoint anyway. The merge runs in the dtype the model is saved in, on the GPU when there is
+one (float32 on a CPU where the base fits); memory and disk are checked before it starts. What
+is checked is the saved file: reloaded, it must give base + adapter's logits within the
+tolerance of its dtype (:data:`LOGIT_ATOL`); the report adds how many greedy answer tokens
+it chooses alike.
 
     >>> from helpers.quantize import merge_adapter
     >>> report = merge_adapter(base_dir, "outputs/adapters/tiny", "outputs/merged/tiny")
@@ -12,24 +15,27 @@ checked before anything is saved.
 
 from __future__ import annotations
 
-import re
+import gc
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from helpers import env, resources
+from helpers.chat_templates import inference_template
 from helpers.cpu import guard_bnb_cpu
 
-# transformers' `{% generation %}` markers only tell training which tokens carry loss; inference
-# tools (llama.cpp, vLLM, Ollama) do not know the tag, so merged models ship the template without.
-_GENERATION_TAG = re.compile(r"\{%-?\s*(?:end)?generation\s*-?%\}")
+# Largest |logit| difference accepted between the saved model and base + adapter, by the dtype
+# the weights are saved in. float32: summation order only. 16-bit: re-rounding W + B@A moves
+# each weight by up to half a unit in the last place (2**-9 of it in bfloat16, 2**-12 in
+# float16), which moves a 7B model's logits (|logit| up to ~40) by tenths at the worst of
+# ~10**7 (position, token) pairs [estimated, not measured on a GPU]. A wrong merge (another
+# base, a lost update) moves them by the adapter's whole effect: ``adapter_effect``.
+LOGIT_ATOL = {"float32": 1e-3, "float16": 0.25, "bfloat16": 1.0}
+GREEDY_TOKENS = 16  # answer tokens per check prompt whose greedy choice must survive the merge
 
 
 class QuantizedBaseError(ValueError):
     """Someone tried to merge an adapter into a quantized (4-/8-bit) base model."""
-
-
-def inference_template(template: str | None) -> str | None:
-    """The chat template without transformers' training-only ``{% generation %}`` markers."""
-    return None if template is None else _GENERATION_TAG.sub("", template)
 
 
 def _is_quantized(model) -> bool:
@@ -40,16 +46,73 @@ def _is_quantized(model) -> bool:
     )
 
 
-def _logits(model, tokenizer, prompts: Sequence[str]):
-    """Float32 logits for each prompt, unpadded one by one (exact, no padding effects)."""
+def _greedy(model, ids: list[int], n: int, eos: int | None) -> list[int]:
+    """``ids`` and up to ``n`` argmax tokens after them (no sampling settings apply)."""
     import torch
 
-    out = []
+    out = list(ids)
     with torch.no_grad():
-        for p in prompts:
-            ids = tokenizer(p, return_tensors="pt").input_ids.to(model.device)
-            out.append(model(input_ids=ids).logits[0].float().cpu())  # (seq_len, vocab)
+        for _ in range(n):
+            logits = model(input_ids=torch.tensor([out], device=model.device)).logits[0, -1]
+            out.append(int(logits.argmax()))
+            if out[-1] == eos:
+                break
     return out
+
+
+def _logits(model, sequences: Sequence[list[int]]):
+    """Float32 logits for each token sequence, one by one (no padding effects)."""
+    import torch
+
+    with torch.no_grad():
+        return [
+            model(input_ids=torch.tensor([s], device=model.device)).logits[0].float().cpu()
+            for s in sequences  # (seq_len, vocab)
+        ]
+
+
+def merge_plan(
+    base: str | Path, out_dir: str | Path, save_dtype: str | None = None, device: str | None = None
+) -> dict:
+    """Where and in which dtype to merge; raises first if memory or disk will not hold it."""
+    import torch
+
+    base, out_dir = Path(base), Path(out_dir)
+    gpu = env.gpu_info()
+    save = save_dtype or ("float16" if gpu is not None and not gpu.bf16 else "bfloat16")
+    if save not in LOGIT_ATOL:
+        raise ValueError(f"save_dtype must be one of {sorted(LOGIT_ATOL)}, not {save!r}")
+    n = resources.checkpoint_params(base)
+    what = f"merging the adapter into {base.name} ({n / 1e9:.2f}B parameters"
+    if device is None:
+        device = "cpu"
+        if gpu is not None:
+            need, free = resources.merge_bytes(n, save), torch.cuda.mem_get_info()[0]
+            if free >= need:
+                device = "cuda"
+            else:
+                warnings.warn(
+                    f"{what}) needs {need / env.GIB:.1f} GiB on the GPU and {free / env.GIB:.1f} "
+                    "GiB is free: merging on the CPU instead (shut down other kernels that hold "
+                    "the GPU to merge there).",
+                    stacklevel=3,
+                )
+    merge = save
+    if device == "cpu":  # float32 is exact; take it where it fits, else the saved dtype
+        memory = resources.available_memory()
+        fp32 = resources.merge_bytes(n, "float32") + resources.MEMORY_MARGIN
+        merge = "float32" if memory.available >= fp32 else save
+        need = resources.merge_bytes(n, merge)
+        resources.check_memory(need, f"{what}, {merge} on the CPU)", memory=memory)
+    written = resources.existing_bytes(*out_dir.glob("*.safetensors"))  # overwritten
+    need_disk = max(resources.checkpoint_bytes(n, save) - written, 0)
+    resources.check_output_disk(out_dir, need_disk, f"the merged model ({save}, {n / 1e9:.2f}B)")
+    return {"device": device, "merge_dtype": merge, "save_dtype": save, "n_params": n}
+
+
+def _delete_weights(out_dir: Path) -> None:
+    for path in [*out_dir.glob("*.safetensors"), out_dir / "model.safetensors.index.json"]:
+        path.unlink(missing_ok=True)
 
 
 def merge_adapter(
@@ -57,13 +120,15 @@ def merge_adapter(
     adapter_dir: str | Path,
     out_dir: str | Path,
     check_prompts: Sequence[str] = ("你好，请介绍一下你自己。", "订单 A1024 的退款到账了吗？"),
-    save_dtype: str = "bfloat16",
-    atol: float = 1e-3,
+    save_dtype: str | None = None,
+    atol: float | None = None,
+    device: str | None = None,
 ) -> dict:
-    """Merge ``adapter_dir`` into the base checkpoint at ``base``; save it in ``save_dtype``.
+    """Merge ``adapter_dir`` into the base checkpoint folder ``base``; save and verify the result.
 
-    The merge runs in float32 (exact); merged logits must equal base + adapter logits within
-    ``atol``. Saved with the inference chat template and EOS in the generation config.
+    ``save_dtype`` defaults to the GPU's (bfloat16 where native, float16 on a T4; bfloat16 on a
+    CPU); ``atol`` to :data:`LOGIT_ATOL` for it. Saved with the inference chat template and EOS
+    in the generation config; weights that fail the check are deleted again.
     """
     import torch
     from peft import PeftModel
@@ -78,55 +143,86 @@ def merge_adapter(
             )
         raise TypeError("pass the base checkpoint's folder, so it is loaded unquantized")
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
+    plan = merge_plan(base, out_dir, save_dtype, device)
+    save, atol = plan["save_dtype"], LOGIT_ATOL[plan["save_dtype"]] if atol is None else atol
+    load = {"dtype": getattr(torch, plan["merge_dtype"]), "device_map": {"": plan["device"]}}
+
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    model = PeftModel.from_pretrained(model, adapter_dir).eval()
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(base, **load), adapter_dir
+    )
+    model.eval()
     prompts = [
         tokenizer.apply_chat_template(
             [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
         )
         for p in check_prompts
     ]
-    with_adapter = _logits(model, tokenizer, prompts)
+    prompt_ids = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
+    sequences = [_greedy(model, ids, GREEDY_TOKENS, tokenizer.eos_token_id) for ids in prompt_ids]
+    with_adapter = _logits(model, sequences)
     with model.disable_adapter():
-        without = _logits(model, tokenizer, prompts)
-    merged = model.merge_and_unload()
-    after = _logits(merged, tokenizer, prompts)
-    diff = max((a - b).abs().max().item() for a, b in zip(after, with_adapter, strict=True))
-    adapter_effect = max(
-        (a - b).abs().max().item() for a, b in zip(with_adapter, without, strict=True)
-    )
-    if diff > atol:
-        raise AssertionError(
-            f"merged logits differ from base + adapter by {diff:.2e} > atol={atol}: "
-            "the merge is wrong (was the base the one the adapter was trained on?)"
-        )
-    same_argmax = all(
-        torch.equal(a.argmax(-1), b.argmax(-1)) for a, b in zip(after, with_adapter, strict=True)
-    )
-    merged = merged.to(getattr(torch, save_dtype))
+        without = _logits(model, sequences)
+    merged = model.merge_and_unload().to(getattr(torch, save))
     merged.generation_config.eos_token_id = tokenizer.eos_token_id
     merged.save_pretrained(out_dir)
     tokenizer.chat_template = inference_template(tokenizer.chat_template)
     tokenizer.save_pretrained(out_dir)
+    del model, merged  # one copy of the weights at a time: free it before reloading
+    gc.collect()
+    if plan["device"] == "cuda":
+        torch.cuda.empty_cache()
+
+    saved = AutoModelForCausalLM.from_pretrained(out_dir, **load).eval()  # what was written
+    after = _logits(saved, sequences)
+    del saved
+    diff = max((a - b).abs().max().item() for a, b in zip(after, with_adapter, strict=True))
+    effect = max((a - b).abs().max().item() for a, b in zip(with_adapter, without, strict=True))
+    # the positions that chose each answer token; a near-tie (top-2 gap below the rounding
+    # error) may flip in 16 bits, which is why agreement is a share and not a pass/fail
+    answers = [slice(len(ids) - 1, -1) for ids in prompt_ids]
+    same = torch.cat(
+        [
+            a[s].argmax(-1) == b[s].argmax(-1)
+            for a, b, s in zip(after, with_adapter, answers, strict=True)
+        ]
+    )
+    if diff > atol:
+        _delete_weights(out_dir)
+        raise AssertionError(
+            f"The merged model saved in {out_dir} ({save}) gives logits {diff:.2e} away from "
+            f"base + adapter (tolerance for {save}: {atol}; the adapter itself moves them by "
+            f"{effect:.2e}), so its weights were deleted again. Check that {base} is the base "
+            "the adapter was trained on (adapter_config.json, base_model_name_or_path)."
+        )
     return {
         "out_dir": str(out_dir),
+        "device": plan["device"],
+        "merge_dtype": plan["merge_dtype"],
+        "saved_dtype": save,
+        "checked": "the saved files, reloaded",
         "max_abs_logit_diff": diff,
         "atol": atol,
-        "same_greedy_tokens": same_argmax,
-        "adapter_effect": adapter_effect,
-        "saved_dtype": save_dtype,
+        "same_greedy_tokens": bool(same.all()),
+        "greedy_agreement": same.float().mean().item(),  # share of answer tokens chosen alike
+        "greedy_tokens_checked": len(same),
+        "adapter_effect": effect,
         "size_mb": sum(p.stat().st_size for p in out_dir.glob("*.safetensors")) / 2**20,
     }
 
 
 def compute_dtype():
-    """float32 on CPU; on a GPU bfloat16 where supported (Ampere+), else float16 (T4)."""
+    """float32 on CPU; on a GPU bfloat16 where the hardware has it (Ampere+), else float16 (T4).
+
+    ``env.gpu_info().bf16`` asks the hardware: ``torch.cuda.is_bf16_supported()`` also counts
+    emulation, so it says yes on a T4, where bfloat16 runs slowly.
+    """
     import torch
 
-    if not torch.cuda.is_available():
+    gpu = env.gpu_info()
+    if gpu is None:
         return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if gpu.bf16 else torch.float16
 
 
 def load_bnb(path: str | Path, bits: int):
