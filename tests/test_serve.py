@@ -4,7 +4,10 @@ Every server listens on 127.0.0.1 with port=0 (a free port); nothing leaves the 
 """
 
 import json
+import os
 import secrets
+import stat
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -14,6 +17,7 @@ import jinja2
 import openai
 import pytest
 
+from helpers.env import GpuInfo
 from helpers.serve import (
     ChatResult,
     Limits,
@@ -25,6 +29,7 @@ from helpers.serve import (
     start_server,
     vllm_command,
 )
+from helpers.serve.server import VllmCommand
 
 KEY = secrets.token_urlsafe(24)
 HI = [{"role": "user", "content": "hello there"}]
@@ -352,26 +357,93 @@ def test_default_port(monkeypatch):
     assert default_port() == 8000
 
 
+T4 = GpuInfo("Tesla T4", 14.7, (7, 5), bf16=False)
+RTX_4090 = GpuInfo("NVIDIA GeForce RTX 4090", 23.6, (8, 9), bf16=True)
+
+
+def _flag(cmd: VllmCommand, name: str) -> str:
+    return cmd.argv[cmd.argv.index(name) + 1]
+
+
 def test_vllm_command(tmp_path, monkeypatch):
     monkeypatch.setattr("helpers.env.detect_platform", lambda: "local")
+    monkeypatch.setattr("helpers.env.gpu_info", lambda: RTX_4090)
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text(json.dumps({"r": 24}))
-    cmd = vllm_command("Qwen/Qwen2.5-0.5B-Instruct", adapter, api_key="k")
-    assert cmd[:3] == ["vllm", "serve", "Qwen/Qwen2.5-0.5B-Instruct"]
-
-    def flag(name):
-        return cmd[cmd.index(name) + 1]
-
-    assert "--enable-lora" in cmd and flag("--lora-modules") == f"tuned={adapter.resolve()}"
-    assert flag("--served-model-name") == "base" and flag("--max-lora-rank") == "32"
-    assert flag("--api-key") == "k" and flag("--host") == "127.0.0.1" and flag("--port") == "8000"
-    assert flag("--max-model-len") == "2048" and flag("--gpu-memory-utilization") == "0.85"
-    assert "--max-num-seqs" in cmd
+    cmd = vllm_command("Qwen/Qwen2.5-0.5B-Instruct", adapter, key_file=tmp_path / "k")
+    assert cmd.argv[:3] == ["vllm", "serve", "Qwen/Qwen2.5-0.5B-Instruct"]
+    assert "--enable-lora" in cmd.argv
+    assert _flag(cmd, "--lora-modules") == f"tuned={adapter.resolve()}"
+    assert _flag(cmd, "--served-model-name") == "base" and _flag(cmd, "--max-lora-rank") == "32"
+    assert _flag(cmd, "--host") == "127.0.0.1" and _flag(cmd, "--port") == "8000"
+    assert _flag(cmd, "--max-model-len") == "2048"
+    assert _flag(cmd, "--gpu-memory-utilization") == "0.85"
+    assert "--max-num-seqs" in cmd.argv
+    # greedy requests stay greedy: not the sampling defaults of the model's generation_config.json
+    assert _flag(cmd, "--generation-config") == "vllm"
+    assert cmd.key_file is None and cmd.env() == {} and "--api-key" not in cmd.argv
+    assert not (tmp_path / "k").exists()  # no key, no key file
     plain = vllm_command("base/model", tmp_path / "missing", port=9000)
-    assert "--api-key" not in plain and "--max-lora-rank" not in plain and "9000" in plain
+    assert "--max-lora-rank" not in plain.argv and _flag(plain, "--port") == "9000"
     with pytest.raises(ValueError, match="base"):
         vllm_command("base/model", adapter, served_name="base")
+
+
+@pytest.mark.parametrize(
+    ("gpu", "dtype"), [(T4, "half"), (RTX_4090, "bfloat16"), (None, None)], ids=["t4", "24g", "cpu"]
+)
+def test_vllm_dtype_follows_the_gpu(tmp_path, monkeypatch, gpu, dtype):
+    monkeypatch.setattr("helpers.env.gpu_info", lambda: gpu)
+    cmd = vllm_command("Qwen/Qwen2.5-1.5B-Instruct", tmp_path, port=8001)
+    if dtype is None:  # no GPU here: vLLM chooses on the machine that runs it
+        assert "--dtype" not in cmd.argv
+    else:  # a T4 has no native bf16: fp16, as it trained; Ampere and newer: bf16
+        assert _flag(cmd, "--dtype") == dtype
+    assert _flag(vllm_command("m", tmp_path, port=1, dtype="float32"), "--dtype") == "float32"
+    with pytest.raises(ValueError, match="bfloat16"):
+        vllm_command("m", tmp_path, port=1, dtype="bf16")
+
+
+def test_vllm_command_keeps_the_key_out_of_argv_and_output_and_runs(tmp_path, monkeypatch):
+    monkeypatch.setattr("helpers.env.gpu_info", lambda: T4)
+    key = secrets.token_urlsafe(24)
+    key_file = tmp_path / "my keys" / "vllm key"  # spaces: the line must quote the path
+    cmd = vllm_command(
+        "Qwen/Qwen2.5-1.5B-Instruct", tmp_path, port=8001, api_key=key, key_file=key_file
+    )
+    assert key_file.read_text() == key and cmd.key_file == key_file.resolve()
+    if os.name == "posix":
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    line = str(cmd)
+    assert key not in line and key not in " ".join(cmd.argv) and key not in repr(cmd)
+    assert "$API_KEY" not in line and cmd.env() == {"VLLM_API_KEY": key}
+    # The printed line runs as it is in a shell that defines nothing: a fake `vllm` shows what
+    # the real one would get (vLLM reads VLLM_API_KEY when --api-key is absent).
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "vllm"
+    fake.write_text('#!/bin/sh\nprintf "%s\\n" "$VLLM_API_KEY" "$@"\n')
+    fake.chmod(0o755)
+    env = {"PATH": f"{bin_dir}{os.pathsep}/usr/bin:/bin"}
+    ran = subprocess.run(["sh", "-c", line], env=env, capture_output=True, text=True, check=True)
+    assert ran.stdout.splitlines() == [key, *cmd.argv[1:]]
+    # the key file is rewritten private even when it existed with looser permissions
+    key_file.chmod(0o644)
+    vllm_command("m", tmp_path, port=1, api_key="other", key_file=key_file)
+    assert key_file.read_text() == "other"
+    if os.name == "posix":
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+
+
+def test_vllm_key_file_defaults_to_the_home_folder(tmp_path, monkeypatch):
+    # not outputs/: on Colab that is Google Drive, and a key must not be synced anywhere
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("COURSE_OUTPUTS", str(tmp_path / "outputs"))
+    monkeypatch.setattr("helpers.env.gpu_info", lambda: None)
+    cmd = vllm_command("m", tmp_path, port=8001, api_key="k")
+    assert cmd.key_file == (tmp_path / "home" / ".cache" / "llm-course" / "vllm-api-key")
+    assert cmd.key_file.read_text() == "k" and not (tmp_path / "outputs").exists()
 
 
 # --- chat templates render in the sandbox ------------------------------------------------------

@@ -1,6 +1,8 @@
 """Ollama Modelfiles, launch_ui's safety rule, and the side-by-side chat UI in a real browser."""
 
+import importlib.resources
 import ipaddress
+import json
 import os
 import re
 import shutil
@@ -17,6 +19,7 @@ from helpers.serve.backend import ChatResult
 from helpers.serve.ollama import (
     STOP_STRINGS,
     TEMPLATES,
+    default_system,
     modelfile,
     template_kind,
     write_modelfile,
@@ -25,6 +28,11 @@ from helpers.serve.server import is_loopback
 from helpers.serve.ui import EMPTY_ANSWER, ERROR_PREFIX, _api_messages, launch_ui
 
 HF_TEMPLATES = {"chatml": CHATML_TEMPLATE, "gemma": GEMMA_TEMPLATE}
+# Qwen2.5-Instruct's chat template as TRL ships it (the t4 and 24g profiles' models).
+QWEN2_5_TEMPLATE = (
+    importlib.resources.files("trl") / "chat_templates" / "qwen2_5.jinja"
+).read_text()
+QWEN_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 
 # --- Ollama Modelfile --------------------------------------------------------------------------
 
@@ -118,13 +126,213 @@ def test_write_modelfile_paths(tmp_path):
     gguf = tmp_path / "gguf" / "tuned-q8_0.gguf"
     gguf.parent.mkdir()
     gguf.write_bytes(b"GGUF")
-    beside = write_modelfile(gguf, template_kind="chatml")
+    beside = write_modelfile(gguf, template_kind="chatml", chat_template=CHATML_TEMPLATE)
     assert beside == gguf.parent / "Modelfile"
     assert beside.read_text().splitlines()[0] == "FROM ./tuned-q8_0.gguf"
-    elsewhere = write_modelfile(gguf, tmp_path / "ollama", template_kind="gemma")
+    elsewhere = write_modelfile(
+        gguf, tmp_path / "ollama", template_kind="gemma", chat_template=None
+    )
     assert elsewhere.read_text().splitlines()[0] == "FROM ../gguf/tuned-q8_0.gguf"
     with pytest.raises(FileNotFoundError, match="Export the model first"):
         write_modelfile(tmp_path / "missing.gguf", template_kind="chatml")
+
+
+def test_default_system_is_what_the_template_adds_without_one():
+    assert default_system(QWEN2_5_TEMPLATE) == QWEN_DEFAULT_SYSTEM
+    assert default_system(CHATML_TEMPLATE) is None  # the course's own: no system turn
+    assert default_system(GEMMA_TEMPLATE) is None  # system text joins the first user turn
+    refuses = (
+        "{% if messages[0]['role'] == 'system' %}{{ raise_exception('no system') }}{% endif %}"
+    )
+    assert default_system(refuses + "{{ messages[-1]['content'] }}") is None
+
+
+def test_write_modelfile_takes_the_default_system_from_the_gguf(tmp_path, monkeypatch):
+    gguf = tmp_path / "tuned-q4_k_m.gguf"
+    gguf.write_bytes(b"GGUF")
+    read = []
+    monkeypatch.setattr(
+        "helpers.quantize.gguf_info",
+        lambda path: read.append(path) or {"chat_template": QWEN2_5_TEMPLATE},
+    )
+    text = write_modelfile(gguf, template_kind="chatml").read_text()
+    assert read == [gguf]
+    assert text.endswith(f'SYSTEM """{QWEN_DEFAULT_SYSTEM}"""\n')
+    # an explicit system prompt wins over the template's default
+    own = write_modelfile(gguf, template_kind="chatml", system="你是客服助手。").read_text()
+    assert 'SYSTEM """你是客服助手。"""' in own and "Qwen" not in own
+
+
+def test_write_modelfile_reads_a_real_gguf(tiny_gguf, tmp_path):
+    from helpers.quantize import gguf_info
+
+    chat_template = gguf_info(tiny_gguf)["chat_template"]
+    kind = template_kind(chat_template)
+    text = write_modelfile(tiny_gguf, tmp_path, template_kind=kind).read_text()
+    assert text == modelfile(
+        tiny_gguf, template_kind=kind, chat_template=chat_template, modelfile_dir=tmp_path
+    )
+    assert "SYSTEM" not in text  # the tiny model's ChatML template adds no system prompt
+
+
+# A small interpreter for the part of Go's text/template the Modelfile templates use (range,
+# if / else if / else, eq, variables, fields, string literals), so the tests render them as
+# Ollama would without Go. Anything else fails loudly.
+_GO_ACTION = re.compile(r"\{\{(.*?)\}\}", re.S)
+_GO_ARG = re.compile(r'"(?:[^"\\]|\\.)*"|\S+')
+
+
+def _go_parse(parts: list[str], i: int = 0) -> tuple[list, int, str | None]:
+    """Nodes from parts[i:] up to an {{ end }} / {{ else ... }}; (nodes, next i, that action)."""
+    nodes: list = []
+    while i < len(parts):
+        if i % 2 == 0:  # literal text between actions
+            nodes.append(("text", parts[i]))
+            i += 1
+            continue
+        action = parts[i].strip()
+        i += 1
+        if action.startswith("-") or action.endswith("-"):
+            raise NotImplementedError(f"whitespace trimming: {{{{{action}}}}}")
+        if action == "end" or action == "else" or action.startswith("else if "):
+            return nodes, i, action
+        if action.startswith("range "):
+            body, i, stop = _go_parse(parts, i)
+            assert stop == "end", stop
+            nodes.append(("range", action[len("range ") :], body))
+        elif action.startswith("if "):
+            branches, condition = [], action[len("if ") :]
+            while True:
+                body, i, stop = _go_parse(parts, i)
+                branches.append((condition, body))
+                if stop == "end":
+                    break
+                condition = stop[len("else if ") :] if stop.startswith("else if ") else "true"
+            nodes.append(("if", branches))
+        elif m := re.fullmatch(r"(\$\w+)\s*:?=\s*(.+)", action, re.S):
+            nodes.append(("set", m[1], m[2]))
+        else:
+            nodes.append(("print", action))
+    return nodes, i, None
+
+
+def _go_value(expr: str, dot: dict, variables: dict):
+    args = _GO_ARG.findall(expr.strip())
+    if args[0] == "eq":
+        left, right = (_go_value(a, dot, variables) for a in args[1:])
+        return left == right
+    (arg,) = args
+    if arg == "true":
+        return True
+    if arg.startswith('"'):
+        return json.loads(arg)
+    if arg.startswith("$"):
+        return variables[arg]
+    if arg.startswith("."):
+        return dot[arg[1:]]
+    raise NotImplementedError(expr)
+
+
+def _go_run(nodes: list, dot: dict, variables: dict, out: list[str]) -> None:
+    for node in nodes:
+        kind = node[0]
+        if kind == "text":
+            out.append(node[1])
+        elif kind == "print":
+            out.append(str(_go_value(node[1], dot, variables)))
+        elif kind == "set":  # Go 1.11+: `=` inside range assigns the outer variable
+            variables[node[1]] = _go_value(node[2], dot, variables)
+        elif kind == "range":
+            for item in _go_value(node[1], dot, variables):
+                _go_run(node[2], item, variables, out)
+        else:
+            for condition, body in node[1]:
+                if _go_value(condition, dot, variables):  # "" and False are false, as in Go
+                    _go_run(body, dot, variables, out)
+                    break
+
+
+def render_go(template: str, data: dict) -> str:
+    """``template`` executed with ``data`` as Go's text/template would (the subset above)."""
+    nodes, _, stop = _go_parse(_GO_ACTION.split(template))
+    assert stop is None, f"unbalanced {{{{ {stop} }}}}"
+    out: list[str] = []
+    _go_run(nodes, data, {}, out)
+    return "".join(out)
+
+
+def ollama_prompt(modelfile_text: str, messages: list[dict]) -> str:
+    """The prompt Ollama's chat endpoint builds from a Modelfile and a request's messages.
+
+    server/routes.go puts the Modelfile's SYSTEM first when the request's first message is not
+    a system message; template.go's collate joins consecutive same-role messages with a blank
+    line; the template then runs over .Messages.
+    """
+    template = re.search(r'^TEMPLATE """(.*?)"""$', modelfile_text, re.S | re.M)[1]
+    system = re.search(r'^SYSTEM """(.*?)"""$', modelfile_text, re.S | re.M)
+    if system and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": system[1]}, *messages]
+    collated: list[dict] = []
+    for message in messages:
+        if collated and collated[-1]["Role"] == message["role"]:
+            collated[-1]["Content"] += "\n\n" + message["content"]
+        else:
+            collated.append({"Role": message["role"], "Content": message["content"]})
+    return render_go(template, {"Messages": collated})
+
+
+def test_go_interpreter_renders_go_semantics():
+    template = (
+        '{{ $s := "" }}{{ range .Messages }}{{ if eq .Role "system" }}{{ $s = .Content }}'
+        '{{ else if $s }}[{{ $s }}]{{ .Content }}{{ $s = "" }}{{ else }}{{ .Content }}{{ end }}'
+        "{{ end }}!"
+    )
+    data = {"Messages": [{"Role": "system", "Content": "S"}, {"Role": "user", "Content": "a"}]}
+    data["Messages"].append({"Role": "user", "Content": "b"})
+    assert render_go(template, data) == "[S]ab!"
+    with pytest.raises(NotImplementedError):
+        render_go("{{- .X }}", {"X": 1})
+
+
+CONVERSATIONS = {
+    "no system": [{"role": "user", "content": "你是谁？"}],
+    "no system, two turns": [
+        {"role": "user", "content": "订单 A1024 退款什么时候到账？"},
+        {"role": "assistant", "content": '{"intent": "refund"}'},
+        {"role": "user", "content": "谢谢"},
+    ],
+    "own system": [
+        {"role": "system", "content": "你是客服助手，只输出 JSON。"},
+        {"role": "user", "content": "退款"},
+    ],
+}
+
+
+def _render_transformers(template: str, messages: list[dict]) -> str:
+    """What training, vLLM and (tests/test_serve.py checks) llama.cpp render: the HF template."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    rendered, _ = render_jinja_template(
+        [messages], chat_template=template, add_generation_prompt=True
+    )
+    return rendered[0]
+
+
+@pytest.mark.parametrize("conversation", CONVERSATIONS, ids=list(CONVERSATIONS))
+@pytest.mark.parametrize("name", ["qwen2.5", "chatml", "gemma"])
+def test_ollama_renders_what_training_rendered(name, conversation):
+    chat_template = {"qwen2.5": QWEN2_5_TEMPLATE, **HF_TEMPLATES}[name]
+    kind = template_kind(chat_template)
+    text = modelfile("tuned.gguf", template_kind=kind, chat_template=chat_template)
+    messages = CONVERSATIONS[conversation]
+    assert ollama_prompt(text, messages) == _render_transformers(chat_template, messages)
+
+
+def test_without_the_default_system_ollama_renders_qwen_differently():
+    bare = modelfile("tuned.gguf", template_kind="chatml")  # the Modelfile before the fix
+    messages = CONVERSATIONS["no system"]
+    assert "SYSTEM" not in bare
+    assert ollama_prompt(bare, messages) != _render_transformers(QWEN2_5_TEMPLATE, messages)
 
 
 # --- launch_ui's safety rule, history handling --------------------------------------------------
@@ -159,6 +367,39 @@ def test_launch_ui_on_autodl_uses_6006_no_share_no_blocking(monkeypatch):
     assert kwargs["server_port"] == 6006 and kwargs["server_name"] == "0.0.0.0"
     assert kwargs["share"] is False and kwargs["prevent_thread_lock"] is True
     assert kwargs["auth"] == ("learner", "pw")
+
+
+def test_launch_ui_on_autodl_by_default_listens_for_the_proxy_behind_a_login(monkeypatch, capsys):
+    monkeypatch.setattr("helpers.env.detect_platform", lambda *a, **k: "autodl")
+    demo = _fake_demo()
+    launch_ui(demo)
+    kwargs = demo.launch.call_args.kwargs
+    # AutoDL's 自定义服务 connects from outside the container: loopback would be unreachable
+    assert kwargs["server_name"] == "0.0.0.0" and kwargs["server_port"] == 6006
+    user, password = kwargs["auth"]
+    assert user == "learner" and len(password) >= 16
+    assert kwargs["inline"] is False  # an inline frame would point at the browser's localhost
+    printed = capsys.readouterr().out
+    assert password in printed and "自定义服务" in printed and "auth=" in printed
+    # a fresh password each launch; a login of your own is used as given
+    launch_ui(demo)
+    assert demo.launch.call_args.kwargs["auth"][1] != password
+    launch_ui(demo, auth=("me", "secret"))
+    assert demo.launch.call_args.kwargs["auth"] == ("me", "secret")
+    assert "secret" not in capsys.readouterr().out
+    # an explicit public host still needs an explicit login
+    with pytest.raises(ValueError, match="auth="):
+        launch_ui(demo, host="0.0.0.0")
+
+
+def test_launch_ui_elsewhere_stays_on_loopback_without_a_login(monkeypatch, capsys):
+    monkeypatch.setattr("helpers.env.detect_platform", lambda *a, **k: "colab")
+    demo = _fake_demo()
+    launch_ui(demo)
+    kwargs = demo.launch.call_args.kwargs
+    assert kwargs["server_name"] == "127.0.0.1" and kwargs["auth"] is None
+    assert kwargs["server_port"] is None and kwargs["inline"] is None
+    assert "password" not in capsys.readouterr().out
 
 
 def test_history_sent_to_the_model_leaves_out_failed_turns():
@@ -269,8 +510,8 @@ def test_chat_ui_in_a_browser(chromium, tiny_gguf, tmp_path, loopback_only):
         demo = chat_ui(server.url, server.api_key, max_tokens=24)
         wrong_key = chat_ui(server.url, "not-the-key", max_tokens=8)
         try:
-            url = launch_ui(demo, port=_free_port(), inline=False)
-            bad_url = launch_ui(wrong_key, port=_free_port(), inline=False)
+            url = launch_ui(demo, host="127.0.0.1", port=_free_port(), inline=False)
+            bad_url = launch_ui(wrong_key, host="127.0.0.1", port=_free_port(), inline=False)
             assert url.startswith("http://127.0.0.1:")
             browser = pw.chromium.launch(executable_path=chromium, headless=True)
             page = browser.new_page(viewport={"width": 1280, "height": 900})

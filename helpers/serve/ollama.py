@@ -10,6 +10,11 @@ parameters. The course trains two chat formats, ChatML (Qwen, the tiny model) an
     FROM ./tuned-q4_k_m.gguf
 
 Then, in the Modelfile's folder: ``ollama create tuned -f Modelfile`` and ``ollama run tuned``.
+
+Some chat templates add a system prompt of their own when a conversation has none (Qwen2.5's:
+"You are Qwen, created by Alibaba Cloud. ..."); training, llama.cpp and vLLM all render it.
+:func:`default_system` finds that text, and the Modelfile sets it as ``SYSTEM``, which Ollama
+puts first exactly when a request brings no system message, so Ollama renders the same prompt.
 """
 
 from __future__ import annotations
@@ -48,6 +53,8 @@ STOP_STRINGS = {"chatml": ("<|im_end|>", "<|im_start|>"), "gemma": ("<end_of_tur
 # The turn markers that identify each format in a Hugging Face chat template.
 _MARKERS = {"chatml": "<|im_start|>", "gemma": "<start_of_turn>"}
 DEFAULT_PARAMS: dict[str, Any] = {"temperature": 0}  # greedy, as the course evaluates
+# Stand-ins for a conversation's texts while probing a chat template (default_system).
+_PROBE_SYSTEM, _PROBE_USER = "SYSTEM-PROBE-5c1d", "USER-PROBE-5c1d"
 
 
 def template_kind(chat_template: str) -> str:
@@ -68,6 +75,32 @@ def template_kind(chat_template: str) -> str:
         "Pass template_kind= explicitly if you know the format, or write the Modelfile's "
         "TEMPLATE by hand (Ollama docs: 'Modelfile' -> 'TEMPLATE')."
     )
+
+
+def default_system(chat_template: str) -> str | None:
+    """The system prompt ``chat_template`` adds to a conversation that has none, else None.
+
+    It renders one user turn with a probe system message and without one, in transformers'
+    sandboxed renderer (the one training used); the text that takes the probe's place is it.
+    """
+    import jinja2
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    def render(messages: list[dict[str, str]]) -> str:
+        return render_jinja_template([messages], chat_template=chat_template)[0][0]
+
+    user = [{"role": "user", "content": _PROBE_USER}]
+    without = render(user)
+    try:
+        with_system = render([{"role": "system", "content": _PROBE_SYSTEM}, *user])
+    except jinja2.TemplateError:  # a template without a system role may refuse one
+        return None
+    before, found, after = with_system.partition(_PROBE_SYSTEM)
+    if not found or len(without) < len(before) + len(after):
+        return None
+    if not (without.startswith(before) and without.endswith(after)):
+        return None  # no system turn without a system message (ChatML, Gemma)
+    return without[len(before) : len(without) - len(after)] or None
 
 
 def _check_kind(kind: str) -> str:
@@ -109,11 +142,15 @@ def modelfile(
     gguf_path: str | os.PathLike,
     *,
     template_kind: str,
+    chat_template: str | None = None,
     system: str | None = None,
     params: Mapping[str, Any] | None = None,
     modelfile_dir: str | os.PathLike | None = None,
 ) -> str:
-    """The text of an Ollama Modelfile for ``gguf_path`` (FROM relative to ``modelfile_dir``)."""
+    """The text of an Ollama Modelfile for ``gguf_path`` (FROM relative to ``modelfile_dir``).
+
+    Without ``system``, the SYSTEM is ``chat_template``'s own default (:func:`default_system`).
+    """
     kind = _check_kind(template_kind)
     merged: dict[str, Any] = {**DEFAULT_PARAMS, **(params or {})}
     if "stop" in merged:
@@ -121,6 +158,10 @@ def modelfile(
             f"params may not set 'stop': the {kind} format stops at {STOP_STRINGS[kind]}, "
             "which the Modelfile always sets."
         )
+    comment = None
+    if system is None and chat_template is not None:
+        system = default_system(chat_template)
+        comment = "# What the chat template adds to a conversation without a system message"
     lines = [f"FROM {_from_ref(gguf_path, modelfile_dir)}", ""]
     lines.append(f'TEMPLATE """{TEMPLATES[kind]}"""')
     lines.append("")
@@ -129,20 +170,27 @@ def modelfile(
     if system is not None:
         if '"""' in system:
             raise ValueError('The system prompt may not contain """ (it ends a Modelfile block).')
-        lines += ["", f'SYSTEM """{system}"""']
+        lines += ["", *([comment] if comment else []), f'SYSTEM """{system}"""']
     return "\n".join(lines) + "\n"
 
 
 def write_modelfile(
     gguf_path: str | os.PathLike, out_dir: str | os.PathLike | None = None, **kw: Any
 ) -> Path:
-    """Writes ``<out_dir>/Modelfile`` (default: next to the GGUF) for ``gguf_path``; its path."""
+    """Writes ``<out_dir>/Modelfile`` (default: next to the GGUF) for ``gguf_path``; its path.
+
+    The chat template comes from the GGUF file unless ``chat_template=`` is given.
+    """
     gguf = Path(gguf_path)
     if not gguf.is_file():
         raise FileNotFoundError(
             f"No GGUF file at {gguf}. Export the model first (helpers.quantize) and pass the "
             "path of the .gguf file it wrote."
         )
+    if "chat_template" not in kw:
+        from helpers.quantize import gguf_info
+
+        kw["chat_template"] = gguf_info(gguf)["chat_template"]
     folder = Path(out_dir) if out_dir is not None else gguf.parent
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "Modelfile"

@@ -8,13 +8,15 @@ course evaluates. Failed API calls (wrong key, busy server, unknown model) show 
     >>> demo = chat_ui(h.url, h.api_key)  # h = start_server({"base": ..., "tuned": ...})
     >>> url = launch_ui(demo)  # returns at once; demo.close() stops the page
 
-On AutoDL, ``launch_ui(demo, host="0.0.0.0", auth=("learner", password))`` serves port 6006,
-which the console's 自定义服务 (custom service) opens in your browser; keep the API server on
-another port then. No ``share=True`` tunnel: the page works offline and stays private.
+On AutoDL, ``launch_ui(demo)`` listens on 0.0.0.0:6006, the port the console's 自定义服务
+(custom service) forwards to your browser, behind a login it generates and prints (pass
+``auth=(user, password)`` to choose one); keep the API server on another port then. Elsewhere
+it listens on 127.0.0.1 only. No ``share=True`` tunnel: the page works offline, stays private.
 """
 
 import os
 import queue
+import secrets
 import threading
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -281,16 +283,26 @@ def chat_ui(
 def launch_ui(
     demo: "gr.Blocks",
     *,
-    host: str = "127.0.0.1",
+    host: str | None = None,
     port: int | None = None,
     auth: tuple[str, str] | None = None,
     inline: bool | None = None,
 ) -> str:
-    """Starts ``demo`` in the background (no public share link) and returns its URL."""
+    """Starts ``demo`` in the background (no public share link) and returns its URL.
+
+    ``host`` defaults to 127.0.0.1, and on AutoDL to 0.0.0.0 (its proxy connects from outside
+    the container) with a generated login unless ``auth`` is given.
+    """
     from helpers.env import detect_platform
     from helpers.serve.server import default_port, is_loopback
 
     _disable_gradio_analytics()
+    autodl = detect_platform() == "autodl"
+    generated = False
+    if host is None:
+        host = "0.0.0.0" if autodl else "127.0.0.1"
+        if autodl and auth is None:  # reachable through the proxy: never without a login
+            auth, generated = ("learner", secrets.token_urlsafe(12)), True
     if auth is not None and (
         len(auth) != 2 or not all(isinstance(part, str) and part for part in auth)
     ):
@@ -301,11 +313,12 @@ def launch_ui(
             "your models through the page, which uses the server's API key for them. Pass a "
             "login, e.g. "
             f"launch_ui(demo, host={host!r}, auth=('learner', '<a password>')), or keep the "
-            "default host='127.0.0.1' (this machine only)."
+            "default host (127.0.0.1, this machine only; on AutoDL a login is generated)."
         )
-    autodl = detect_platform() == "autodl"
     if port is None and autodl:
         port = default_port()  # AutoDL's custom service forwards only this port
+    if inline is None and autodl:
+        inline = False  # an inline frame would point your browser at the container's localhost
     try:
         _, url, _ = demo.launch(
             server_name=host,
@@ -324,7 +337,15 @@ def launch_ui(
             "run the API server on another port (start_server(..., port=8000)) and the UI on 6006."
         ) from exc
     note = "demo.close() stops it"
-    if autodl and not is_loopback(host):
+    if autodl and is_loopback(host):
+        note += "; loopback only, so AutoDL's 自定义服务 cannot reach it (leave host unset)"
+    elif autodl:
         note += f"; from your browser: AutoDL console -> 自定义服务 (port {port})"
     print(f"Chat UI running on {url} ({note})")
+    if generated:
+        print(
+            f"Login (generated for this session): user {auth[0]!r}, password {auth[1]!r}. "
+            "Anyone with the 自定义服务 link needs it; pass auth=(user, password) to choose "
+            "your own."
+        )
     return url
