@@ -1,9 +1,9 @@
 """API drift: every keyword argument the course passes to TRL / transformers / peft still exists.
 
 Course notebooks break first when a library renames an argument (TRL 1.x and transformers 5.x
-renamed many). This test reads the helpers' and notebooks' source, finds calls to the
-libraries' config classes, trainers and ``generate``, and checks each keyword against the
-installed versions' signatures.
+renamed many). This test reads the source of the helpers, the notebooks and bench/gpu_smoke.py
+(which runs only on a GPU machine), finds calls to the libraries' config classes, trainers and
+``generate``, and checks each keyword against the installed versions' signatures.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from helpers.profiles import PROFILES
 
 REPO = Path(__file__).resolve().parent.parent
 LIBRARIES = (transformers, peft, trl)
+SCANNED = ("bench/gpu_smoke.py",)  # scripts scanned as well: the GPU smoke test runs nowhere else
 # Keywords that older tutorials use and the installed versions renamed or removed.
 RENAMED = {
     "torch_dtype": "dtype (transformers 5)",
@@ -33,21 +34,25 @@ RENAMED = {
 }
 
 
+def _python_line(line: str) -> str:
+    """A notebook line as Python: an IPython magic or shell escape becomes ``pass``, indented.
+
+    Blank lines stay blank: a ``pass`` at column 0 would end the indented block around it.
+    """
+    body = line.lstrip()
+    return line[: len(line) - len(body)] + "pass" if body.startswith(("!", "%")) else line
+
+
 def _sources() -> list[tuple[str, str]]:
-    """(label, python source) for every helper module and notebook code cell."""
-    found = [
-        (str(p.relative_to(REPO)), p.read_text()) for p in sorted(REPO.glob("helpers/**/*.py"))
-    ]
+    """(label, python source) for every helper module, notebook code cell and SCANNED script."""
+    paths = [*sorted(REPO.glob("helpers/**/*.py")), *(REPO / p for p in SCANNED)]
+    found = [(str(p.relative_to(REPO)), p.read_text()) for p in paths]
     for path in sorted(REPO.glob("notebooks/**/*.ipynb")):
         cells = json.loads(path.read_text())["cells"]
         for i, cell in enumerate(cells):
             if cell["cell_type"] == "code":
                 lines = "".join(cell["source"]).splitlines()
-                # IPython magics and shell escapes are not Python: keep the indentation.
-                code = "\n".join(
-                    ln[: len(ln) - len(ln.lstrip())] + "pass" if ln.lstrip()[:1] in "!%" else ln
-                    for ln in lines
-                )
+                code = "\n".join(_python_line(ln) for ln in lines)
                 found.append((f"{path.relative_to(REPO)} cell {i}", code))
     return found
 
@@ -110,6 +115,8 @@ def test_the_scan_sees_the_course_code():
     names = {name for _, _, name, _ in _calls()}
     assert "generate" in names  # helpers.models.generate_reply
     assert "from_pretrained" in names
+    labels = {label for label, _, _, _ in _calls()}
+    assert set(SCANNED) <= labels
 
 
 def test_keywords_passed_to_library_classes_exist():
