@@ -13,15 +13,11 @@ from __future__ import annotations
 
 import argparse
 import random
-import sys
 import time
 import tracemalloc
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from helpers.data import deduplicate, from_records  # noqa: E402
+from helpers.data import deduplicate, from_records  # the course package, installed -e
 
 
 def synthetic_records(n: int, seed: int = 0) -> list[dict[str, Any]]:

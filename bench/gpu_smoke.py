@@ -101,22 +101,10 @@ CUDA_ONLY = (  # what the dry run cannot measure
 
 def qwen25_config(model_id: str, tokenizer):  # -> transformers.Qwen2Config
     """Qwen2.5's config.json numbers for ``model_id`` (KNOWN_SHAPES), the tiny tokenizer's ids."""
-    from transformers import Qwen2Config
-
-    s: ModelShape = KNOWN_SHAPES[model_id]
-    return Qwen2Config(
-        vocab_size=s.vocab_size,  # 151936 (1.5B) / 152064 (7B); the tiny tokenizer uses < 2048
-        hidden_size=s.hidden_size,
-        intermediate_size=s.intermediate_size,
-        num_hidden_layers=s.num_layers,
-        num_attention_heads=s.num_heads,
-        num_key_value_heads=s.num_kv_heads,
-        tie_word_embeddings=s.tie_word_embeddings,
-        max_position_embeddings=32768,  # the rest: literal values from both models' config.json
-        rms_norm_eps=1e-6,
+    return KNOWN_SHAPES[model_id].qwen2_config(  # vocab 151936 / 152064; the tiny ids are < 2048
+        rms_norm_eps=1e-6,  # the rest: literal values from both models' config.json
         rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
         use_sliding_window=False,
-        bos_token_id=None,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )

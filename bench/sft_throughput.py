@@ -33,7 +33,7 @@ from helpers import sft
 from helpers.data import load_split
 from helpers.models import TINY_CONFIG, bnb_config_kwargs, build_tiny_model
 from helpers.profiles import get_profile
-from helpers.vram import GB, KNOWN_SHAPES, ModelShape, TrainingPlan, estimate_vram
+from helpers.vram import GB, KNOWN_SHAPES, TrainingPlan, estimate_vram
 
 SHAPES = {  # --shape name -> KNOWN_SHAPES key (None: the course's tiny Qwen2)
     "tiny": None,
@@ -49,19 +49,7 @@ def model_config(shape_name: str, tokenizer):
     ids = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
     if SHAPES[shape_name] is None:
         return Qwen2Config(vocab_size=len(tokenizer), bos_token_id=None, **ids, **TINY_CONFIG)
-    s: ModelShape = KNOWN_SHAPES[SHAPES[shape_name]]
-    return Qwen2Config(
-        vocab_size=s.vocab_size,
-        hidden_size=s.hidden_size,
-        intermediate_size=s.intermediate_size,
-        num_hidden_layers=s.num_layers,
-        num_attention_heads=s.num_heads,
-        num_key_value_heads=s.num_kv_heads,
-        tie_word_embeddings=s.tie_word_embeddings,
-        max_position_embeddings=32768,
-        bos_token_id=None,
-        **ids,
-    )
+    return KNOWN_SHAPES[SHAPES[shape_name]].qwen2_config(**ids)
 
 
 def build_model(config, dtype: torch.dtype, qlora: bool, profile, workdir: Path):

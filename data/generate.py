@@ -14,16 +14,12 @@ import csv
 import io
 import json
 import random
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from helpers.data.cleaning import id_card_check_char, mask_pii  # noqa: E402
-from helpers.data.course import (  # noqa: E402
+from helpers.data.cleaning import id_card_check_char, mask_pii
+from helpers.data.course import (
     ASSISTANT_NAME,
     ASSISTANT_NAME_EN,
     ASSISTANT_TEAM,
@@ -32,12 +28,13 @@ from helpers.data.course import (  # noqa: E402
     SYSTEM_PROMPT,
     sha256_file,
 )
-from helpers.data.dedup import (  # noqa: E402
+from helpers.data.dedup import (
     deduplicate,
     exact_key,
     find_overlap,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 SEED = 20250601
 N_TRAIN_PER_INTENT = 250
 N_VAL_PER_INTENT = 25

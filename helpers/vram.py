@@ -109,6 +109,25 @@ class ModelShape:
     norms_per_layer: int = 2  # Gemma3: 4 (input, post_attn, pre_ffw, post_ffw)
     qk_norm: bool = False  # Gemma3/Qwen3: RMSNorm of head_dim on q and k
 
+    def qwen2_config(self, **overrides: Any):  # -> transformers.Qwen2Config
+        """A Qwen2Config of this shape, for random-weight benchmark models; ``overrides`` win."""
+        from transformers import Qwen2Config
+
+        return Qwen2Config(
+            **{
+                "vocab_size": self.vocab_size,
+                "hidden_size": self.hidden_size,
+                "intermediate_size": self.intermediate_size,
+                "num_hidden_layers": self.num_layers,
+                "num_attention_heads": self.num_heads,
+                "num_key_value_heads": self.num_kv_heads,
+                "tie_word_embeddings": self.tie_word_embeddings,
+                "max_position_embeddings": 32768,  # Qwen2.5's config.json
+                "bos_token_id": None,
+                **overrides,
+            }
+        )
+
     @classmethod
     def from_config(cls, config: Any, name: str | None = None) -> ModelShape:
         """Build from a transformers PretrainedConfig or a config.json dict (nested text_config)."""
