@@ -306,6 +306,21 @@ def test_full_queue_is_429_with_retry_after():
         assert [r.status_code for r in results] == [200, 200]
 
 
+def test_load_test_sends_whole_conversations_as_given():
+    seen = []
+
+    class Recording(EchoBackend):
+        def chat(self, messages, **params):
+            seen.append(messages)
+            return super().chat(messages, **params)
+
+    chat = [{"role": "system", "content": "S"}, {"role": "user", "content": "u"}]
+    with start_server({"echo": Recording()}, port=0, api_key=KEY) as h:
+        report = load_test(h.url, KEY, "echo", [chat, "plain"], concurrency=1, requests=2)
+    assert report["errors"] == 0
+    assert sorted(map(len, seen)) == [1, 2] and chat in seen  # the system prompt went along
+
+
 def test_load_test_on_fake_backend_has_no_errors():
     limits = Limits(max_concurrent=2, max_queue=32)
     with start_server({"echo": EchoBackend(0.002)}, port=0, api_key=KEY, limits=limits) as h:

@@ -26,13 +26,15 @@ def load_test(
     url: str,
     api_key: str | None,
     model: str,
-    prompts: Sequence[str],
+    prompts: Sequence[str | list[dict]],
     concurrency: int = 8,
     max_tokens: int = 32,
     requests: int | None = None,
     timeout_s: float = 120.0,
 ) -> dict[str, Any]:
     """Send ``requests`` greedy chat requests from ``concurrency`` threads; latency and errors.
+
+    A prompt is a user message, or a whole conversation (system prompt included) as a list.
 
     Returns requests, concurrency, errors, error_samples, p50_s, p95_s, mean_s (latencies of
     the successful requests; percentiles interpolate linearly between ranks), wall_s,
@@ -48,9 +50,11 @@ def load_test(
     def one(i: int) -> tuple[float, int, str | None]:
         start = time.perf_counter()
         try:
+            prompt = prompts[i % len(prompts)]
+            messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
             answer = client.chat.completions.create(
                 model=model,
-                messages=[{"role": "user", "content": prompts[i % len(prompts)]}],
+                messages=messages,
                 max_tokens=max_tokens,
                 temperature=0,
             )
