@@ -59,12 +59,6 @@ QWEN_REPETITION_PENALTY = {"t4": 1.1, "24g": 1.05}
 QWEN_TIED_EMBEDDINGS = {"t4": True, "24g": False}  # Qwen2.5-1.5B ties lm_head; 7B does not
 
 
-def rehearsal_name(environ: dict[str, str] | None = None) -> str | None:
-    """The GPU profile being rehearsed (``COURSE_REHEARSAL``), or None."""
-    environ = os.environ if environ is None else environ
-    return environ.get(REHEARSAL_ENV_VAR, "").strip() or None
-
-
 def rehearse(profile: Profile) -> Profile:
     """The profile with what a CPU cannot do substituted, each change named in ``substitutions``."""
     if profile.device != "cuda":
@@ -83,16 +77,10 @@ def rehearse(profile: Profile) -> Profile:
 # ---------------------------------------------------------------------------- the platform
 
 
-def sandbox_root() -> Path | None:
-    """The rehearsal's sandbox folder, or None outside a rehearsal."""
-    root = os.environ.get(ROOT_ENV_VAR, "").strip()
-    return Path(root) if root else None
-
-
 def platform_path(path: str) -> Path:
     """A platform's fixed absolute path (e.g. /root/autodl-tmp), inside the sandbox if any."""
-    root = sandbox_root()
-    return root / path.lstrip("/") if root else Path(path)
+    root = os.environ.get(ROOT_ENV_VAR, "").strip()
+    return Path(root) / path.lstrip("/") if root else Path(path)
 
 
 def _quotas() -> dict[Path, int]:

@@ -40,6 +40,32 @@ def environment(changes: dict[str, str | None]):
             os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
 
 
+def test_sandboxed_disks_count_what_is_written_under_their_quota(tmp_path, monkeypatch):
+    monkeypatch.setenv(rehearsal.ROOT_ENV_VAR, str(tmp_path))
+    monkeypatch.setenv(rehearsal.DISKS_ENV_VAR, "/=30,/root/autodl-tmp=50")
+    data = rehearsal.platform_path("/root/autodl-tmp")
+    assert data == tmp_path / "root" / "autodl-tmp"
+    data.mkdir(parents=True)
+    (data / "model.safetensors").write_bytes(b"x" * 1000)
+    (tmp_path / "root" / "notes.txt").write_bytes(b"y" * 10)
+    disk = rehearsal.disk_usage(data / "not-yet" / "there")  # the nearest quota decides
+    assert (disk.total, disk.used) == (50 * rehearsal.GB, 1000)
+    system = rehearsal.disk_usage(tmp_path / "root")
+    assert (system.total, system.used) == (30 * rehearsal.GB, 10)  # the data disk is not in it
+
+
+def test_only_gpu_profiles_are_rehearsed_and_their_real_values_are_kept():
+    with pytest.raises(ValueError, match="already runs on CPU"):
+        rehearsal.rehearse(get_profile("tiny"))
+    t4, rehearsed = get_profile("t4"), rehearsal.rehearse(get_profile("t4"))
+    changed = {name for name, *_ in rehearsed.substitutions}
+    assert {"device", "dtype", "optimizer", "max_steps"} <= changed
+    kept = ["method", "model_id", "revision", "max_length", "system_prompt", "lora_r"]
+    assert all(getattr(rehearsed, f) == getattr(t4, f) for f in kept)
+    assert rehearsal.rehearse(get_profile("24g")).dtype == "bfloat16"  # CPU autocast runs bf16
+    assert not rehearsed.real_weights and rehearsed.rehearsal
+
+
 def _run(name: str, root: Path, notebooks: Path = NOTEBOOKS, only=COURSE, **disks):
     with environment(rehearsal.prepare(name, root, disks or None)):
         return course.run_course(notebooks, root / "runs", only=only, timeout=900)
