@@ -51,6 +51,7 @@ bitsandbytes' CPU backend) for 3 steps, and names the CUDA-only parts it skips.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import gc
 import importlib.metadata
@@ -166,26 +167,6 @@ def loss_trend(losses: list[float]) -> dict:
     }
 
 
-def own_config_replies(model, tokenizer, conversations: list[list[dict]]) -> list[str]:
-    """Replies with the model's own generation_config, batched exactly as generate_batch does."""
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    try:
-        batch = tokenizer.apply_chat_template(
-            conversations,
-            add_generation_prompt=True,
-            padding=True,
-            return_tensors="pt",
-            return_dict=True,
-        ).to(model.device)
-        with torch.no_grad():  # (batch, prompt_len + new_tokens)
-            out = model.generate(
-                **batch, max_new_tokens=MAX_NEW_TOKENS, pad_token_id=tokenizer.pad_token_id
-            )
-    finally:
-        tokenizer.padding_side = side
-    return tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-
-
 def compare_decoding(name: str, model, tokenizer, conversations: list[list[dict]]) -> dict:
     """Greedy replies (penalty 1.0) against the model's own config with Qwen2.5's defaults."""
     greedy = generate_batch(model, tokenizer, conversations, MAX_NEW_TOKENS, progress=False)
@@ -197,7 +178,11 @@ def compare_decoding(name: str, model, tokenizer, conversations: list[list[dict]
     unused = model.get_base_model().generation_config.update(**defaults)
     if unused:
         raise ValueError(f"GenerationConfig has no fields {sorted(unused)}")
-    own = own_config_replies(model, tokenizer, conversations)
+    config = copy.deepcopy(model.generation_config)  # the model's own, with Qwen's defaults
+    config.update(max_new_tokens=MAX_NEW_TOKENS, pad_token_id=tokenizer.pad_token_id)
+    own = generate_batch(
+        model, tokenizer, conversations, MAX_NEW_TOKENS, progress=False, generation_config=config
+    )
     changed = sum(a != b for a, b in zip(greedy, own, strict=True))
     return {
         "answers_changed": changed,

@@ -48,10 +48,13 @@ def generate_batch(
     max_new_tokens: int,
     batch_size: int = 16,
     progress: bool = True,
+    generation_config=None,
 ) -> list[str]:
     """Greedy replies, left-padded in batches; special tokens stripped.
 
     Conversations go through the chat template; plain strings are continued as they are.
+    ``generation_config`` replaces :func:`greedy_config` (e.g. the model's own, to show what
+    its shipped sampling defaults change).
     """
     import torch
     from tqdm.auto import tqdm
@@ -74,7 +77,9 @@ def generate_batch(
                 )
             batch = batch.to(model.device)
             with torch.no_grad():
-                config = greedy_config(model, max_new_tokens, pad_token_id=tokenizer.pad_token_id)
+                config = generation_config or greedy_config(
+                    model, max_new_tokens, pad_token_id=tokenizer.pad_token_id
+                )
                 out = model.generate(**batch, generation_config=config)
                 # (batch, prompt_len + new_tokens)
             new = out[:, batch["input_ids"].shape[1] :]
