@@ -178,14 +178,19 @@ def make_trainer(
     callbacks: Sequence[TrainerCallback] = (),
     early_stopping_patience: int | None = None,
     lora: dict | None = None,
+    course_loss: bool = True,
     **config_overrides: Any,
 ):  # -> trl.SFTTrainer
     """An SFTTrainer on the rows with a LoRA adapter from the profile (``lora`` overrides it).
 
+    ``course_loss`` (default) trains with :class:`helpers.sft_trainer.CourseSFTTrainer`, whose
+    LM head on a CPU projects only label positions; False gives TRL's own trainer, unchanged.
     peft injects the adapter into ``model`` in place: load a fresh model for another run.
     """
     import torch
     from trl import SFTTrainer
+
+    from helpers.sft_trainer import CourseSFTTrainer
 
     callbacks = list(callbacks)
     if eval_rows is not None:
@@ -202,7 +207,7 @@ def make_trainer(
     config = sft_config(profile, output_dir, **config_overrides)
     # transformers 5 has no logging_dir argument: its TensorBoard callback reads this variable
     with mock.patch.dict(os.environ, {"TENSORBOARD_LOGGING_DIR": str(tensorboard_dir(output_dir))}):
-        trainer = SFTTrainer(
+        trainer = (CourseSFTTrainer if course_loss else SFTTrainer)(
             model=model,
             args=config,
             train_dataset=_dataset(train_rows),
