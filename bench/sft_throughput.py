@@ -1,183 +1,179 @@
-"""SFT throughput: the course's training defaults against a naive baseline, same model and data.
+"""SFT throughput: TRL 1.16's trainer against the course's, same model, data and batches.
 
-Run from the repository root (package installed, ``pip install -e .``):
-``python bench/sft_throughput.py --shape tiny --steps 8``.
-The model is built from a config with random weights (throughput does not depend on them);
-the tokenizer is the course's tiny one, whose ids fit any vocabulary. Variants:
+On a CPU, TRL's fused LM head projects every position (prompt and padding too) and runs the
+head's product again in backward; the course's trainer (``helpers.sft_trainer``) projects only
+the positions that carry a label. Both run here in one process on the same batches, in
+alternation (trl, course, trl, course, ...), so a busy neighbour slows both alike. Printed per
+trainer: real tokens/s and the ratio, the peak memory a step adds above the model, and the
+useful-FLOP rate against this machine's fp32 matrix-multiply peak, measured in the same run.
 
-* ``course``: dynamic padding (each batch padded to its longest sample), activation
-  checkpointing on GPU (as the t4/24g profiles), no packing (the course default);
-* ``course+packing``: the same with ``packing=True`` (TRL's BFD packing, padding-free);
-* ``naive``: every sample padded to ``max_length``, no checkpointing, no packing.
+    python bench/sft_throughput.py --profile cpu-demo --steps 4 --rounds 3   # 262k vocabulary
+    python bench/sft_throughput.py --profile tiny
+    python bench/sft_throughput.py --shape Qwen/Qwen2.5-1.5B-Instruct --profile t4   # on a GPU
 
-tokens/s counts real (non-padding) tokens, so padding shows up as lost throughput. QLoRA
-(NF4 base) when CUDA and bitsandbytes are available, else LoRA; the table says which. MFU
-is printed on GPU only; ``est_GB`` is helpers.vram's allocated-memory estimate for the same
-plan (seq_len = max_length for naive, the mean real sample length otherwise; ``est_labels``
-the share of those positions TRL's fused LM head projects: labelled ones on GPU, all on CPU),
-comparable with ``peak_MB`` on GPU only (on CPU peak_MB is the process's peak RSS).
+Useful FLOPs are the work a step needs (``helpers.sft.flops_per_token``): 4N per token for the
+frozen body and the LM head at label positions only, 6N for the LoRA weights, attention; the
+head's recompute and every unlabelled projection are waste, not work. A step is
+``training_step`` (forward and backward) over one micro-batch; the optimizer is not timed.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
+import statistics
 import tempfile
-from pathlib import Path
+import threading
+import time
+from datetime import date
 
-import pandas as pd
+import psutil
 import torch
 
-from helpers import sft
-from helpers.data import load_split
-from helpers.models import TINY_CONFIG, bnb_config_kwargs, build_tiny_model
+from helpers import models, sft
+from helpers.cpu import cpu_model
 from helpers.profiles import get_profile
-from helpers.vram import GB, KNOWN_SHAPES, TrainingPlan, estimate_vram
-
-SHAPES = {  # --shape name -> KNOWN_SHAPES key (None: the course's tiny Qwen2)
-    "tiny": None,
-    "qwen2.5-0.5b": "Qwen/Qwen2.5-0.5B-Instruct",
-    "qwen2.5-7b": "Qwen/Qwen2.5-7B-Instruct",
-}
+from helpers.sft_trainer import LengthBucketSampler
+from helpers.vram import KNOWN_SHAPES, ModelShape
 
 
-def model_config(shape_name: str, tokenizer):
-    """A Qwen2Config for the shape: the course tiny model's, or a Qwen2.5 model's numbers."""
-    from transformers import Qwen2Config
-
-    ids = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
-    if SHAPES[shape_name] is None:
-        return Qwen2Config(vocab_size=len(tokenizer), bos_token_id=None, **ids, **TINY_CONFIG)
-    return KNOWN_SHAPES[SHAPES[shape_name]].qwen2_config(**ids)
-
-
-def build_model(config, dtype: torch.dtype, qlora: bool, profile, workdir: Path):
-    """Random-weight model: in ``dtype`` (on GPU when there is one), or NF4 via a saved copy."""
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    if not qlora:
-        return model.to("cuda") if torch.cuda.is_available() else model
-    path = workdir / "random-model"  # bitsandbytes quantizes while loading a checkpoint
-    model.save_pretrained(path)
-    del model
-    quant = BitsAndBytesConfig(**bnb_config_kwargs(profile))
-    return AutoModelForCausalLM.from_pretrained(
-        path, quantization_config=quant, dtype=dtype, device_map={"": 0}
-    )
-
-
-def run_variant(name, model, tokenizer, rows, profile, args, workdir: Path) -> dict:
-    """Train ``args.steps`` steps of one variant and return its table row."""
-    speed = sft.ThroughputCallback()
-    overrides = {
-        "max_steps": args.steps,
-        "gradient_accumulation_steps": 1,
-        "save_strategy": "no",
-        "report_to": "none",
-        "logging_steps": args.steps,
-        "disable_tqdm": True,
-        "lr_scheduler_type": "constant",
-        "warmup_steps": 0,
-        "optim": "adamw_torch",
-    }
-    if name == "naive":
-        overrides.update(activation_checkpointing=False, pad_to_multiple_of=args.max_length)
-    if name == "course+packing":
-        overrides.update(packing=True)
-    trainer = sft.make_trainer(
-        model, tokenizer, rows, None, profile, workdir / name, callbacks=[speed], **overrides
-    )
-    if torch.cuda.is_available():
+def matmul_peak(size: int = 2048, seconds: float = 3.0) -> float:
+    """This machine's fp32 matrix-multiply rate in FLOP/s (square ``size`` products)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    a, b = (torch.randn(size, size, device=device) for _ in range(2))
+    a @ b  # warm-up: thread pools, kernels
+    runs, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        runs += 1
+    if device == "cuda":
         torch.cuda.synchronize()
-    sft.train(trainer)
-    stats = speed.stats()
-    real_len = speed.tokens / max(1, speed.samples)  # non-padding tokens per sample
-    seq_len = args.max_length if name == "naive" else max(1, round(real_len))
-    # TRL's fused LM head projects the labelled positions on CUDA, every position on CPU
-    labelled = sft.dataset_label_share(trainer.train_dataset) * real_len / seq_len
-    plan = dataclasses.replace(
-        TrainingPlan.from_profile(profile),
-        seq_len=seq_len,
-        gradient_checkpointing=trainer.args.activation_checkpointing,
-        optimizer="adamw_torch",
-        label_share=min(1.0, labelled) if torch.cuda.is_available() else 1.0,
+    return 2 * size**3 * runs / (time.perf_counter() - start)
+
+
+class PeakRSS:
+    """The largest resident set seen while the block runs, sampled every 20 ms (CPU memory)."""
+
+    def __enter__(self):
+        self.process, self.base, self.peak = psutil.Process(), psutil.Process().memory_info().rss, 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._done.wait(0.02):
+            self.peak = max(self.peak, self.process.memory_info().rss)
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
+        self.added_mb = max(self.peak - self.base, 0) / 2**20
+
+
+def load(profile, shape_id: str | None, workdir: str):
+    """(model, tokenizer): the profile's own model, or random weights of a known shape."""
+    if shape_id is None:
+        return models.load_model(profile)
+    from transformers import AutoModelForCausalLM
+
+    _, tokenizer = models.load_model(get_profile("tiny"))  # ids fit any vocabulary
+    config = KNOWN_SHAPES[shape_id].qwen2_config(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
     )
-    estimate = estimate_vram(speed.shape, plan)
-    return {
-        "variant": name,
-        "method": "QLoRA" if profile.load_in_4bit else "LoRA",
-        "ckpt": trainer.args.activation_checkpointing,
-        "tokens_per_s": round(stats["tokens_per_s"], 1),
-        "step_s": round(stats["step_time_s"], 3),
-        "peak_MB": round(stats["peak_memory_mb"], 1),
-        "memory": stats["memory_kind"],
-        "MFU": None if stats["mfu"] is None else round(stats["mfu"], 4),
-        "est_GB": round(estimate.allocated_bytes / GB, 3),
-        "est_seq_len": seq_len,
-        "est_labels": round(plan.label_share, 3),
-    }
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(workdir)
+    tokenizer.save_pretrained(workdir)
+    return models.load_model(profile, path=workdir)
 
 
-def main() -> None:
-    """Parse arguments, run every variant, print the table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", choices=list(SHAPES), default="tiny")
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--batch", type=int, default=None, help="default: the profile's")
-    parser.add_argument("--max-length", type=int, default=None, help="default: the profile's")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--variants", default="course,course+packing,naive")
+def batches_of(trainer, subset: list[int], bucketed: bool, size: int) -> list[dict]:
+    """The subset's samples in micro-batches: at random, or by length (LengthBucketSampler)."""
+    data = trainer.train_dataset
+    if bucketed:
+        lengths = [len(data[i]["input_ids"]) for i in subset]
+        order = [subset[i] for i in LengthBucketSampler(lengths, size, seed=0)]
+    else:
+        order = subset
+    chunks = [order[i : i + size] for i in range(0, len(order), size)]
+    return [trainer.data_collator([data[i] for i in chunk]) for chunk in chunks]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", default="cpu-demo", help="tiny, cpu-demo, t4, 24g")
+    parser.add_argument("--shape", choices=sorted(KNOWN_SHAPES), help="random weights of it")
+    parser.add_argument("--steps", type=int, default=4, help="micro-batches per round")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    import importlib.util
-
-    cuda = torch.cuda.is_available()
-    qlora = cuda and importlib.util.find_spec("bitsandbytes") is not None
-    bf16 = cuda and torch.cuda.get_device_properties(0).major >= 8
-    base = get_profile(("24g" if bf16 else "t4") if cuda else "tiny")
-    dtype = "bfloat16" if bf16 else "float16" if cuda else "float32"
-    profile = dataclasses.replace(
-        base,
-        method="qlora" if qlora else "lora",
-        dtype=dtype,
-        per_device_batch_size=args.batch or base.per_device_batch_size,
-        max_length=args.max_length or base.max_length,
-        gradient_checkpointing=cuda,
-    )
-    args.max_length = profile.max_length
-
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(build_tiny_model())
-    config = model_config(args.shape, tokenizer)
-    rows = load_split("train")[: args.steps * profile.per_device_batch_size * 2]
-    table = []
-    with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
-        model = (
-            None if qlora else build_model(config, getattr(torch, dtype), False, profile, workdir)
-        )
-        for name in args.variants.split(","):
-            if qlora:  # a 4-bit model cannot be deep-copied: load one per variant
-                candidate = build_model(config, getattr(torch, dtype), True, profile, workdir)
-            else:
-                candidate = copy.deepcopy(model)  # peft wraps the model in place
-            table.append(run_variant(name, candidate, tokenizer, rows, profile, args, workdir))
-            del candidate
-            if cuda:
-                torch.cuda.empty_cache()
+    profile = dataclasses.replace(get_profile(args.profile), gradient_accumulation_steps=1)
+    size = profile.per_device_batch_size
+    rows, _ = sft.training_rows(profile)
+    peak_before = matmul_peak()
+    trainers, workdir = {}, tempfile.mkdtemp()
+    for name in ("trl", "course"):  # one model each: peft puts its adapter into the model
+        model, tokenizer = load(profile, args.shape, workdir)
+        trainers[name] = sft.make_trainer(
+            model, tokenizer, rows, None, profile, workdir, course_loss=name == "course",
+            report_to=[],
+        )  # fmt: skip
+    # the same samples for every variant; only the trainer and how they are batched differ
+    pool = len(trainers["trl"].train_dataset)
+    subset = torch.randperm(pool, generator=torch.Generator().manual_seed(0))[: args.steps * size]
+    subset = subset.tolist()
+    variants = {  # name: (trainer, batches)
+        "trl (random batches)": ("trl", batches_of(trainers["trl"], subset, False, size)),
+        "course loss (random batches)": (
+            "course",
+            batches_of(trainers["trl"], subset, False, size),
+        ),
+        "course (length buckets)": ("course", batches_of(trainers["trl"], subset, True, size)),
+    }
+    seconds = {name: [] for name in variants}
+    memory = {name: 0.0 for name in variants}
+    for r in range(args.rounds + 1):  # round 0 warms up and is not counted
+        for name, (trainer_name, batches) in variants.items():
+            trainer = trainers[trainer_name]
+            with PeakRSS() as rss:
+                start = time.perf_counter()
+                for batch in batches:
+                    count = (batch["labels"][:, 1:] != -100).sum()
+                    trainer.training_step(trainer.model, dict(batch), count)
+                elapsed = time.perf_counter() - start
+            if r:
+                seconds[name].append(elapsed)
+                memory[name] = max(memory[name], rss.added_mb)
+                print(f"round {r}/{args.rounds} {name}: {elapsed:.1f} s", flush=True)
+    peak = (peak_before + matmul_peak()) / 2
+    batches = variants["trl (random batches)"][1]
+    labels = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+    tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+    lm = trainers["course"].model.get_base_model()
+    n_lora = sum(p.numel() for p in trainers["course"].model.parameters() if p.requires_grad)
+    shape = ModelShape.from_config(lm.config)
+    fpt = sft.flops_per_token(shape, n_lora, round(tokens / len(subset)), labels / tokens)
+    print(f"\n{cpu_model()}, {torch.get_num_threads()} threads, {date.today()}")
     print(
-        f"shape={args.shape} device={torch.cuda.get_device_name() if cuda else 'cpu'} "
-        f"dtype={dtype} batch={profile.per_device_batch_size} max_length={profile.max_length} "
-        f"steps={args.steps} threads={torch.get_num_threads()}"
+        f"{args.profile} ({args.shape or lm.config.model_type}), {len(subset)} samples in "
+        f"micro-batches of {size}: {tokens} real tokens, {labels} labels ({labels / tokens:.0%}); "
+        f"fp32 matmul peak {peak / 1e9:.0f} GFLOP/s"
     )
-    print(pd.DataFrame(table).to_string(index=False))
+    columns = ["trainer", "positions (padding)", "tokens/s", "x trl", "added memory MB"]
+    columns += ["useful GFLOP/s", "of fp32 peak"]
+    print("| " + " | ".join(columns) + " |")
+    print("|---|---|---|---|---|---|---|")
+    base = None
+    for name, (_, batches) in variants.items():
+        positions = sum(b["input_ids"].numel() for b in batches)
+        rate = tokens / statistics.median(seconds[name])
+        base = base or rate
+        useful = rate * fpt
+        print(
+            f"| {name} | {positions} ({1 - tokens / positions:.0%}) | {rate:.1f} | "
+            f"{rate / base:.2f} | {memory[name]:.0f} | {useful / 1e9:.1f} | {useful / peak:.0%} |"
+        )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
