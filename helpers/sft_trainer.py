@@ -167,7 +167,10 @@ def time_both_paths(trainer, batch: dict) -> dict:
     count = (batch["labels"][:, 1:] != -100).sum()
     trainer.model.train()
     result = {}
-    for name, loss_fn in (("trl", SFTTrainer.compute_loss), ("course", trainer.compute_loss)):
+    for name, loss_fn in (
+        ("trl", SFTTrainer.compute_loss),
+        ("course", CourseSFTTrainer.compute_loss),
+    ):
         start = time.perf_counter()
         loss = loss_fn(trainer, trainer.model, dict(batch), num_items_in_batch=count)
         loss.backward()
