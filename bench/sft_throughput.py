@@ -51,10 +51,17 @@ def matmul_peak(size: int = 2048, seconds: float = 3.0) -> float:
     return 2 * size**3 * runs / (time.perf_counter() - start)
 
 
-class PeakRSS:
-    """The largest resident set seen while the block runs, sampled every 20 ms (CPU memory)."""
+class PeakMemory:
+    """Memory a block adds at its peak: CUDA's allocator on a GPU, else the resident set
+    (sampled every 20 ms)."""
 
     def __enter__(self):
+        self.cuda = torch.cuda.is_available()
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+            return self
         self.process, self.base, self.peak = psutil.Process(), psutil.Process().memory_info().rss, 0
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
@@ -66,8 +73,12 @@ class PeakRSS:
             self.peak = max(self.peak, self.process.memory_info().rss)
 
     def __exit__(self, *exc) -> None:
-        self._done.set()
-        self._thread.join()
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated()
+        else:
+            self._done.set()
+            self._thread.join()
         self.added_mb = max(self.peak - self.base, 0) / 2**20
 
 
@@ -134,11 +145,13 @@ def main() -> int:
     for r in range(args.rounds + 1):  # round 0 warms up and is not counted
         for name, (trainer_name, batches) in variants.items():
             trainer = trainers[trainer_name]
-            with PeakRSS() as rss:
+            with PeakMemory() as rss:
                 start = time.perf_counter()
                 for batch in batches:
                     count = (batch["labels"][:, 1:] != -100).sum()
                     trainer.training_step(trainer.model, dict(batch), count)
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()  # CUDA runs asynchronously: wait for the steps
                 elapsed = time.perf_counter() - start
             if r:
                 seconds[name].append(elapsed)
