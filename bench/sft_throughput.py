@@ -2,10 +2,12 @@
 
 On a CPU, TRL's fused LM head projects every position (prompt and padding too) and runs the
 head's product again in backward; the course's trainer (``helpers.sft_trainer``) projects only
-the positions that carry a label. Both run here in one process on the same batches, in
-alternation (trl, course, trl, course, ...), so a busy neighbour slows both alike. Printed per
-trainer: real tokens/s and the ratio, the peak memory a step adds above the model, and the
-useful-FLOP rate against this machine's fp32 matrix-multiply peak, measured in the same run.
+the positions that carry a label. Both run here in one process on the same samples, in
+alternation (trl, course, trl, course, ...), so a busy neighbour slows both alike; so do two
+ways to waste less padding with the course's trainer: transformers' group_by_length sampler
+and TRL's padding-free batches. Printed per variant: real tokens/s and the ratio to TRL, the
+peak memory a step adds above the model, and the useful-FLOP rate against this machine's fp32
+matrix-multiply peak, measured in the same run.
 
     python bench/sft_throughput.py --profile cpu-demo --steps 4 --rounds 3   # 262k vocabulary
     python bench/sft_throughput.py --profile tiny
@@ -33,7 +35,6 @@ import torch
 from helpers import models, sft
 from helpers.cpu import cpu_model
 from helpers.profiles import get_profile
-from helpers.sft_trainer import LengthBucketSampler
 from helpers.vram import KNOWN_SHAPES, ModelShape
 
 
@@ -98,16 +99,28 @@ def load(profile, shape_id: str | None, workdir: str):
     return models.load_model(profile, path=workdir)
 
 
-def batches_of(trainer, subset: list[int], bucketed: bool, size: int) -> list[dict]:
-    """The subset's samples in micro-batches: at random, or by length (LengthBucketSampler)."""
-    data = trainer.train_dataset
-    if bucketed:
-        lengths = [len(data[i]["input_ids"]) for i in subset]
-        order = [subset[i] for i in LengthBucketSampler(lengths, size, seed=0)]
-    else:
-        order = subset
+def batches_of(trainer, subset: list[int], size: int, how: str) -> list[dict]:
+    """The subset's samples in micro-batches: "random" (TRL's default), "by length"
+    (transformers' group_by_length sampler) or "padding-free" (TRL's collator, one row each)."""
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    data, collate = trainer.train_dataset, trainer.data_collator
+    order = subset
+    if how == "by length":  # the first batches of a training epoch's order (its mega-batches)
+        lengths = [len(ids) for ids in data["input_ids"]]
+        generator = torch.Generator().manual_seed(0)
+        order = list(LengthGroupedSampler(size, lengths=lengths, generator=generator))
+        order = order[: len(subset)]
+    if how == "padding-free":
+        collate = dataclasses.replace(collate, padding_free=True)
     chunks = [order[i : i + size] for i in range(0, len(order), size)]
-    return [trainer.data_collator([data[i] for i in chunk]) for chunk in chunks]
+    return [collate([data[i] for i in chunk]) for chunk in chunks]
+
+
+def real_tokens(batch: dict) -> int:
+    """Tokens that are not padding (a padding-free batch has no attention mask and none)."""
+    mask = batch.get("attention_mask")
+    return int(mask.sum()) if mask is not None else batch["input_ids"].numel()
 
 
 def main() -> int:
@@ -133,12 +146,19 @@ def main() -> int:
     subset = torch.randperm(pool, generator=torch.Generator().manual_seed(0))[: args.steps * size]
     subset = subset.tolist()
     variants = {  # name: (trainer, batches)
-        "trl (random batches)": ("trl", batches_of(trainers["trl"], subset, False, size)),
+        "trl (random batches)": ("trl", batches_of(trainers["trl"], subset, size, "random")),
         "course loss (random batches)": (
             "course",
-            batches_of(trainers["trl"], subset, False, size),
+            batches_of(trainers["trl"], subset, size, "random"),
         ),
-        "course (length buckets)": ("course", batches_of(trainers["trl"], subset, True, size)),
+        "course, grouped by length": (
+            "course",
+            batches_of(trainers["trl"], subset, size, "by length"),
+        ),
+        "course, padding-free": (
+            "course",
+            batches_of(trainers["trl"], subset, size, "padding-free"),
+        ),
     }
     seconds = {name: [] for name in variants}
     memory = {name: 0.0 for name in variants}
@@ -160,7 +180,7 @@ def main() -> int:
     peak = (peak_before + matmul_peak()) / 2
     batches = variants["trl (random batches)"][1]
     labels = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
-    tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+    tokens = sum(real_tokens(b) for b in batches)
     lm = trainers["course"].model.get_base_model()
     n_lora = sum(p.numel() for p in trainers["course"].model.parameters() if p.requires_grad)
     shape = ModelShape.from_config(lm.config)
@@ -178,11 +198,12 @@ def main() -> int:
     base = None
     for name, (_, batches) in variants.items():
         positions = sum(b["input_ids"].numel() for b in batches)
-        rate = tokens / statistics.median(seconds[name])
+        real = sum(real_tokens(b) for b in batches)  # other samples when grouped by length
+        rate = real / statistics.median(seconds[name])
         base = base or rate
         useful = rate * fpt
         print(
-            f"| {name} | {positions} ({1 - tokens / positions:.0%}) | {rate:.1f} | "
+            f"| {name} | {positions} ({1 - real / positions:.0%}) | {rate:.1f} | "
             f"{rate / base:.2f} | {memory[name]:.0f} | {useful / 1e9:.1f} | {useful / peak:.0%} |"
         )
     return 0

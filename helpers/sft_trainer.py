@@ -8,8 +8,14 @@ parameters in the head) that is ~70% of a step's FLOPs, while ~42% of the positi
 label. :class:`CourseSFTTrainer` runs the backbone once, projects only the label positions and
 takes the same loss TRL takes (summed negative log-likelihood over ``num_items_in_batch``),
 logging the same entropy and token accuracy. Everywhere else (CUDA, label smoothing, a custom
-loss, MoE auxiliary losses, logit soft-capping) it is TRL's path, unchanged. Its batches
-come from :class:`LengthBucketSampler`: samples of similar length together, so less padding.
+loss, MoE auxiliary losses, logit soft-capping) it is TRL's path, unchanged.
+
+Padding costs the body only (the head skips it). Batches stay TRL's random ones: grouping
+samples by length (transformers' ``train_sampling_strategy="group_by_length"``) saved ~9% more
+on cpu-demo but made batches of one kind (the short self-cognition answers together) and
+measurably hurt what the 40 steps taught (``bench/sft_throughput.py``, 03's prose). Padding-free
+batches (TRL's ``padding_free``) work here too, but on a CPU with SDPA the packed row's
+attention costs more than the padding it saves.
 
     >>> trainer = CourseSFTTrainer(model=model, args=config, train_dataset=data, ...)
     >>> trainer.label_positions_only(trainer.model)  # True on a CPU
@@ -21,36 +27,6 @@ import torch
 from trl import SFTTrainer
 
 
-class LengthBucketSampler(torch.utils.data.Sampler):
-    """Indices in batches of similar length, the batches in random order: little padding.
-
-    Batches are padded to their longest sample, so a random batch of short and long samples
-    wastes positions on padding (17% on cpu-demo). Sorting by length (random among equals) and
-    shuffling whole batches keeps each batch's samples alike without sorting the epoch by
-    length, as transformers' ``group_by_length`` does within its mega-batches. Deterministic
-    for a seed and an epoch, so a resumed run sees the same batches.
-    """
-
-    def __init__(self, lengths: list[int], batch_size: int, seed: int) -> None:
-        self.lengths, self.batch_size, self.seed, self.epoch = lengths, batch_size, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Another order for another epoch (the Trainer calls this)."""
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        shuffled = torch.randperm(len(self.lengths), generator=generator).tolist()
-        ordered = sorted(shuffled, key=self.lengths.__getitem__)  # stable: random among equals
-        size = self.batch_size
-        batches = [ordered[i : i + size] for i in range(0, len(ordered), size)]
-        order = torch.randperm(len(batches), generator=generator).tolist()
-        return iter([index for b in order for index in batches[b]])
-
-
 def _causal_lm(model):
     """The transformers CausalLM inside an accelerate- and/or peft-wrapped model."""
     model = getattr(model, "module", model)  # DDP
@@ -59,15 +35,6 @@ def _causal_lm(model):
 
 class CourseSFTTrainer(SFTTrainer):
     """TRL's SFTTrainer; on CPU, the LM head projects only positions that carry a label."""
-
-    def _get_train_sampler(self, train_dataset=None):
-        """:class:`LengthBucketSampler` unless another sampling strategy was asked for."""
-        data = self.train_dataset if train_dataset is None else train_dataset
-        columns = getattr(data, "column_names", None) or []
-        if self.args.train_sampling_strategy != "random" or "input_ids" not in columns:
-            return super()._get_train_sampler(train_dataset)
-        lengths = [len(ids) for ids in data["input_ids"]]
-        return LengthBucketSampler(lengths, self.args.train_batch_size, self.args.seed)
 
     def label_positions_only(self, model) -> bool:
         """Whether this step takes the course's path (else TRL's, which is then as fast)."""

@@ -162,14 +162,11 @@ def test_the_checker_catches_a_renamed_argument(bad):
 
 
 def test_the_hooks_course_sft_trainer_overrides_still_exist():
-    """helpers/sft_trainer.py overrides two Trainer hooks and reads TRL's config and metrics."""
-    for hook, params in (
-        ("compute_loss", ["self", "model", "inputs", "return_outputs", "num_items_in_batch"]),
-        ("_get_train_sampler", ["self", "train_dataset"]),
-    ):
-        assert list(inspect.signature(getattr(trl.SFTTrainer, hook)).parameters) == params, hook
+    """helpers/sft_trainer.py overrides compute_loss and reads TRL's config and metrics."""
+    params = ["self", "model", "inputs", "return_outputs", "num_items_in_batch"]
+    assert list(inspect.signature(trl.SFTTrainer.compute_loss).parameters) == params
     fields = {f.name for f in dataclasses.fields(trl.SFTConfig)}
-    assert {"train_sampling_strategy", "average_tokens_across_devices", "loss_type"} <= fields
+    assert {"average_tokens_across_devices", "loss_type", "padding_free"} <= fields
     assert "nll" in inspect.getsource(trl.SFTConfig)  # the loss the course path reproduces
     source = inspect.getsource(trl.SFTTrainer.compute_loss)
     for name in ("entropy", "mean_token_accuracy", "_total_train_tokens", "num_items_in_batch"):

@@ -16,7 +16,7 @@ from trl import SFTTrainer
 from helpers import sft
 from helpers.data import load_split
 from helpers.profiles import get_profile
-from helpers.sft_trainer import CourseSFTTrainer, LengthBucketSampler
+from helpers.sft_trainer import CourseSFTTrainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 PROFILE = dataclasses.replace(get_profile("tiny"), max_steps=1, per_device_batch_size=4)
@@ -96,19 +96,26 @@ def test_trls_path_stays_where_it_already_projects_only_labels(tiny_dir, tmp_pat
     assert not trainer.label_positions_only(trainer.model)
 
 
-def test_length_buckets_cover_every_sample_once_with_little_padding():
-    lengths = [5, 50, 6, 48, 7, 52, 5, 49] * 4
-    sampler = LengthBucketSampler(lengths, batch_size=4, seed=42)
-    order = list(sampler)
-    assert sorted(order) == list(range(len(lengths)))
-    batches = [order[i : i + 4] for i in range(0, len(order), 4)]
-    padded = sum(4 * max(lengths[i] for i in b) for b in batches)
-    assert padded < 1.1 * sum(lengths)  # random batches here pad to ~1.8x
-    assert list(LengthBucketSampler(lengths, 4, seed=42)) == order  # a resumed run: same batches
-    sampler.set_epoch(1)
-    assert list(sampler) != order and sorted(sampler) == sorted(order)
-    firsts = {tuple(LengthBucketSampler(lengths, 4, seed=s))[:4] for s in range(8)}
-    assert len(firsts) > 2  # batch order is shuffled, not sorted by length
+def test_padding_free_batches_give_the_same_loss_on_both_paths(tiny_dir, tmp_path):
+    """TRL's padding-free collator: one row, position_ids restart per sample, no attention mask.
+
+    transformers 5 turns the restarting position_ids into a block-diagonal causal mask for SDPA,
+    so no sample attends to another; the loss equals the padded batch's on both paths.
+    """
+    trainer = _trainer(tiny_dir, tmp_path)
+    trainer.model.train()
+    data = trainer.train_dataset
+    samples = [data[i] for i in range(PROFILE.per_device_batch_size)]
+    padded = trainer.data_collator(samples)
+    free = dataclasses.replace(trainer.data_collator, padding_free=True)(samples)
+    assert "attention_mask" not in free and free["input_ids"].shape[0] == 1
+    assert free["input_ids"].numel() == padded["attention_mask"].sum()  # no padding at all
+    count = (padded["labels"][:, 1:] != -100).sum()
+    assert (free["labels"][:, 1:] != -100).sum() == count  # no label crosses a sample boundary
+    reference = _loss_and_grads(trainer, SFTTrainer.compute_loss, padded, count)[0]
+    for path in (SFTTrainer.compute_loss, CourseSFTTrainer.compute_loss):
+        loss = _loss_and_grads(trainer, path, free, count)[0]
+        assert abs(loss - reference) / reference < 1e-5, (path, loss, reference)
 
 
 def test_the_loss_does_not_depend_on_padding(tiny_dir, tmp_path):
