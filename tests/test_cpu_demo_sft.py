@@ -1,6 +1,6 @@
 """The real behaviour change: notebooks 01-04 on cpu-demo (Gemma 3 270M base, CPU, offline).
 
-Runs the notebooks exactly as ``COURSE_PROFILE=cpu-demo make course`` does (about 45 minutes
+Runs the notebooks exactly as ``COURSE_PROFILE=cpu-demo make course`` does (about 20 minutes
 on 2 cores: 02 measures the base model, 03 trains the default LoRA run and measures again,
 04 evaluates both in depth and trains the replay variant), then checks the results files they
 wrote: after fine-tuning the model names the course assistant, its JSON field accuracy on
@@ -71,9 +71,9 @@ def test_training_fit_the_cpu_budget_and_the_adapter_was_saved(course_run):
     outputs, _ = course_run
     train = _metrics(outputs, "after")["train"]
     assert train["final_loss"] < train["first_loss"]
-    # The target is 15 minutes on 2 cores (measured ~12.5 for 40 steps); 20 guards against
-    # regressions without failing CI on a noisy neighbour.
-    assert train["minutes"] <= 20, train
+    # 40 steps took 4.0 minutes on 2 cores with the course's trainer (12.4 with TRL's own);
+    # 10 guards against losing the speed-up without failing CI on a noisy neighbour.
+    assert train["minutes"] <= 10, train
     adapter = outputs / "adapters" / "cpu-demo"
     assert (adapter / "adapter_config.json").exists()
     assert (adapter / "adapter_model.safetensors").stat().st_size > 1e6
