@@ -11,11 +11,12 @@ logging the same entropy and token accuracy. Everywhere else (CUDA, label smooth
 loss, MoE auxiliary losses, logit soft-capping) it is TRL's path, unchanged.
 
 Padding costs the body only (the head skips it). Batches stay TRL's random ones: grouping
-samples by length (transformers' ``train_sampling_strategy="group_by_length"``) saved ~9% more
+samples by length (transformers' ``train_sampling_strategy="group_by_length"``) was ~10% faster
 on cpu-demo but made batches of one kind (the short self-cognition answers together) and
-measurably hurt what the 40 steps taught (``bench/sft_throughput.py``, 03's prose). Padding-free
-batches (TRL's ``padding_free``) work here too, but on a CPU with SDPA the packed row's
-attention costs more than the padding it saves.
+measurably hurt what the 40 steps taught (03's prose). Padding-free batches (TRL's
+``padding_free``: one row, a block-diagonal mask from ``position_ids``) give the same loss on
+both paths (tested) and were ~6% faster in ``bench/sft_throughput.py``; TRL then requires
+``max_length=None`` (nothing truncated), so they are not the default yet.
 
     >>> trainer = CourseSFTTrainer(model=model, args=config, train_dataset=data, ...)
     >>> trainer.label_positions_only(trainer.model)  # True on a CPU
