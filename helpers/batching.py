@@ -124,15 +124,14 @@ def candidates(profile: Profile, max_length: int, vram_gb: float):  # -> pandas.
 
 def fit_batches(profile: Profile, rows: list[dict], tokenizer, vram_gb: float | None = None):
     """The profile's batch geometry sized for ``rows`` (see the module docstring)."""
-    import numpy as np
     import pandas as pd
 
-    from helpers.data import token_lengths
+    from helpers.data import length_stats, token_lengths  # 01's length report, these rows
 
-    lengths = np.array(token_lengths(rows, tokenizer))
-    p99 = float(np.percentile(lengths, 99))
+    lengths = token_lengths(rows, tokenizer)
+    p99 = length_stats(lengths, profile.max_length)["p99"]
     if profile.device == "cpu" and not profile.rehearsal:
-        share = float((lengths > profile.max_length).mean())
+        share = length_stats(lengths, profile.max_length)["truncated_share"]
         return BatchFit(profile, profile, p99, share, None, pd.DataFrame())
     max_length = min(profile.max_length, ROUND_TO * math.ceil(p99 / ROUND_TO))
     vram_gb = _gpu_memory_gb(profile) if vram_gb is None else vram_gb
@@ -147,5 +146,5 @@ def fit_batches(profile: Profile, rows: list[dict], tokenizer, vram_gb: float | 
         gradient_accumulation_steps=int(accumulation),
         gradient_checkpointing=bool(checkpointing),
     )
-    share = float((lengths > max_length).mean())
+    share = length_stats(lengths, max_length)["truncated_share"]
     return BatchFit(chosen, profile, p99, share, vram_gb, table)
