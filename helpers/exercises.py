@@ -106,6 +106,60 @@ def check_01_2(answer: int | None, sample: dict, tokenizer) -> bool:
     return True
 
 
+def near_dup_extra_removed(rows: list[dict], threshold: float, default: float = 0.7) -> dict:
+    """Reference for 01.3: re-run dedup on ``rows`` at ``default`` and at ``threshold``.
+
+    Returns the rows kept at each, the extra rows removed at ``threshold``, and the near pairs
+    found only below ``default`` similarity with how many of them have different answers.
+    """
+    from helpers.data import deduplicate
+
+    kept_default = len(deduplicate(rows, threshold=default, progress=False)[0])
+    kept, pairs = deduplicate(rows, threshold=threshold, progress=False)
+    below = [p for p in pairs if p.kind == "near" and p.similarity < default]
+
+    def answer(i: int) -> str:
+        return rows[i]["messages"][-1]["content"]
+
+    return {
+        "kept_default": kept_default,
+        "kept": len(kept),
+        "extra_removed": kept_default - len(kept),
+        "pairs_below_default": len(below),
+        "answers_differ": sum(answer(p.kept) != answer(p.dropped) for p in below),
+    }
+
+
+def check_01_3(
+    threshold: float | None, extra_removed: int | None, rows: list[dict], default: float = 0.7
+) -> bool:
+    """01 练习 3: lower the near-duplicate threshold and measure how many more rows go."""
+    if _unanswered(threshold) or _unanswered(extra_removed):
+        return False
+    assert threshold != default, (
+        f"my_threshold 还是笔记本的默认值 {default}，什么也没改。提示：把它调低（例如 0.5），"
+        "再用同一批 before_dedup 跑一次 data.deduplicate。"
+    )
+    assert 0 < threshold < default, (
+        f"my_threshold={threshold}：这个练习要把阈值调低，取 0 到 {default} 之间的值（例如 0.5）。"
+    )
+    m = near_dup_extra_removed(rows, threshold, default)
+    assert extra_removed == m["extra_removed"], (
+        f"{extra_removed} 和重新测量的不一致。提示：对同一批 before_dedup，分别用 "
+        f"threshold={default} 和 threshold={threshold} 调用 data.deduplicate，"
+        "多删的行数 = 默认阈值下保留的行数 - 你的阈值下保留的行数。"
+    )
+    assert m["extra_removed"] > 0, (
+        f"阈值 {threshold} 没有比 {default} 多删任何行，测不出差别。提示：再调低一些，例如 0.5。"
+    )
+    print(
+        f"✅ 正确：阈值 {default} 保留 {m['kept_default']} 行，{threshold} 保留 {m['kept']} 行，"
+        f"多删 {m['extra_removed']} 行。\n相似度低于 {default} 的 {m['pairs_below_default']} 对"
+        f"“近似重复”里，{m['answers_differ']} 对的助手答案不同：它们是不是真的重复？"
+    )
+    return True
+
+
 def check_02_1(answer: int | None, model) -> bool:
     """02 练习 1: trainable LoRA parameters for r=32 on q_proj and v_proj, counted by hand."""
     if _unanswered(answer):

@@ -54,6 +54,23 @@ def test_01_2_counts_against_trl(tiny_dir):
         exercises.check_01_2(right + 1, sample, tokenizer)
 
 
+def test_01_3_measures_a_lower_near_duplicate_threshold(capsys):
+    from helpers.data import load_split
+
+    rows = load_split("train")[:300]  # clean rows: nothing is a near-duplicate at 0.7
+    measured = exercises.near_dup_extra_removed(rows, 0.5)
+    assert measured["extra_removed"] > 0  # lower threshold, more rows removed
+    assert exercises.check_01_3(None, None, rows) is False
+    assert exercises.check_01_3(0.5, measured["extra_removed"], rows)
+    assert "多删" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match="默认值 0.7.*提示"):
+        exercises.check_01_3(0.7, 0, rows)  # the notebook's default left unchanged
+    with pytest.raises(AssertionError, match="调低"):
+        exercises.check_01_3(0.9, 0, rows)
+    with pytest.raises(AssertionError, match="提示"):
+        exercises.check_01_3(0.5, measured["extra_removed"] + 1, rows)
+
+
 def test_04_exercises_check_perplexity_and_first_divergence():
     import math
 
