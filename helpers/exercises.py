@@ -176,6 +176,85 @@ def check_02_1(answer: int | None, model) -> bool:
     return True
 
 
+def _lora_count(model, config) -> tuple[int, list[str]]:
+    """peft's trainable-parameter count and adapted modules for ``config`` on ``model``'s shape.
+
+    peft wraps an empty (meta-device) copy built from ``model.config``: nothing is allocated,
+    ``config`` is not changed, and a 4-bit model is counted like its 16-bit original.
+    """
+    import copy
+
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        shell = AutoModelForCausalLM.from_config(model.config)
+        peft_model = get_peft_model(shell, copy.deepcopy(config))
+    return peft_model.get_nb_trainable_parameters()[0], sorted(peft_model.targeted_module_names)
+
+
+def check_02_2(answer: dict | None, model, profile) -> bool:
+    """02 练习 2: another LoRA set-up changes the trainable parameters far more than step time.
+
+    ``answer`` is ``{"config": LoraConfig, "default": run, "mine": run}``, each run a dict of
+    ``trainable`` (peft's count), ``seconds`` (one forward + backward) and ``loss`` (that pass).
+    """
+    import math
+
+    if _unanswered(answer):
+        return False
+    from helpers.sft import lora_config
+
+    form = (
+        "答案的格式：{'config': 你的 LoraConfig, 'default': 默认配置的结果, "
+        "'mine': 你的配置的结果}，每组结果是 {'trainable': ..., 'seconds': ..., 'loss': ...}。"
+    )
+    assert isinstance(answer, dict) and {"config", "default", "mine"} <= answer.keys(), form
+    runs = {key: answer[key] for key in ("default", "mine")}
+    assert all({"trainable", "seconds", "loss"} <= run.keys() for run in runs.values()), form
+    expected = {"default": _lora_count(model, lora_config(profile))}
+    try:
+        expected["mine"] = _lora_count(model, answer["config"])
+    except ValueError as err:  # peft: a target module that this model does not have
+        raise AssertionError(f"peft 用不了你的配置：{err}") from err
+    (n_default, default_names), (n_mine, mine_names) = expected["default"], expected["mine"]
+    assert (answer["config"].r, mine_names) != (profile.lora_r, default_names), (
+        f"你的配置和 03 默认的一样：r={profile.lora_r}，挂在同样的 {len(default_names)} 个线性层上"
+        "（只改 lora_alpha 或 lora_dropout 不改变参数量和计算量）。提示：把 target_modules 改成 "
+        "['q_proj', 'v_proj']，或者把 r 改成 4 或 64，再测一次。"
+    )
+    assert n_mine != n_default, (
+        f"两种配置的可训练参数一样多（{n_mine:,}）：换一个真正不同的 target_modules 或 r。"
+    )
+    for key, (n, _) in expected.items():
+        assert runs[key]["trainable"] == n, (
+            f"{key} 的可训练参数应为 {n:,}，你报的是 {runs[key]['trainable']}。"
+            "提示：peft_model.get_nb_trainable_parameters()[0]，在 get_peft_model 之后数。"
+        )
+    losses = [float(run["loss"]) for run in runs.values()]
+    assert all(map(math.isfinite, losses)) and math.isclose(*losses, rel_tol=1e-3), (
+        f"两次的 loss 不同：{losses}。LoRA 的 B 矩阵初始化为 0，刚挂上时模型输出不变，所以在同一个 "
+        "batch 上、参数更新之前，两种配置的 loss 应该一样。提示：两次用同一个 train_batch，"
+        "每次都从加载时的模型开始（测完用 peft_model.unload() 拆掉适配器）。"
+    )
+    assert all(run["seconds"] > 0 for run in runs.values()), "seconds 要是测到的秒数（> 0）。"
+    big, small = ("default", "mine") if n_default > n_mine else ("mine", "default")
+    param_ratio = runs[big]["trainable"] / runs[small]["trainable"]
+    time_ratio = runs[big]["seconds"] / runs[small]["seconds"]
+    assert time_ratio < param_ratio, (
+        f"可训练参数差 {param_ratio:.1f} 倍，你测到一步的时间也差了 {time_ratio:.1f} 倍。"
+        "前向和反向都要穿过整个冻结的基座，LoRA 只占一小部分计算，时间不该跟着参数量成比例变化。"
+        "多半是计时不准。提示：每种配置跑 3 次取最短（第一次还要分配内存）；"
+        "在 GPU 上计时前后都调用 torch.cuda.synchronize()。"
+    )
+    print(
+        f"✅ {big} 的可训练参数是 {small} 的 {param_ratio:.1f} 倍，一步前向 + 反向只慢 "
+        f"{time_ratio:.2f} 倍；训练前两者的 loss 相同（{losses[0]:.4f}）。"
+    )
+    return True
+
+
 def check_03_1(effective_batch: int | None, samples_seen: int | None, profile) -> bool:
     """03 练习 1: effective batch size and samples seen over the whole run."""
     if _unanswered(effective_batch) or _unanswered(samples_seen):

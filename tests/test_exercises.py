@@ -54,6 +54,86 @@ def test_01_2_counts_against_trl(tiny_dir):
         exercises.check_01_2(right + 1, sample, tokenizer)
 
 
+def _lora_step(model, batch, config) -> dict:
+    """What 02 练习 2 asks the learner to measure: peft's count, one step's time, its loss."""
+    import time
+
+    from peft import get_peft_model
+
+    peft_model = get_peft_model(model, config)
+    trainable = peft_model.get_nb_trainable_parameters()[0]
+    peft_model.train()
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        loss = peft_model(**batch).loss
+        loss.backward()
+        times.append(time.perf_counter() - start)
+        peft_model.zero_grad(set_to_none=True)
+    peft_model.unload()
+    model.eval()
+    return {"trainable": trainable, "seconds": min(times), "loss": loss.item()}
+
+
+@pytest.fixture
+def lora_experiment(tiny_dir, request):
+    """02 练习 2 on the tiny model (16-bit, or 4-bit through bitsandbytes' CPU path)."""
+    from dataclasses import replace
+
+    from helpers import models, sft
+    from helpers.profiles import get_profile
+
+    profile = replace(get_profile("tiny"), method=request.param)
+    model, tokenizer = models.load_model(profile, path=tiny_dir)
+    rows, _ = sft.training_rows(profile)
+    texts = [tokenizer.apply_chat_template(r["messages"], tokenize=False) for r in rows[:4]]
+    batch = tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="pt")
+    batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+
+    def run(**overrides):
+        config = sft.lora_config(profile, **overrides)
+        return config, _lora_step(model, batch, config)
+
+    return model, profile, run
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("lora_experiment", ["lora", "qlora"], indirect=True)
+def test_02_2_passes_a_measured_change_of_targets(lora_experiment):
+    model, profile, run = lora_experiment
+    _, default = run()
+    config, mine = run(target_modules=["q_proj", "v_proj"])
+    assert mine["trainable"] < default["trainable"] and mine["loss"] == default["loss"]
+    answer = {"config": config, "default": default, "mine": mine}
+    assert exercises.check_02_2(None, model, profile) is False
+    assert exercises.check_02_2(answer, model, profile)
+    wrong = {**answer, "mine": {**mine, "trainable": mine["trainable"] + 1}}
+    with pytest.raises(AssertionError, match="get_nb_trainable_parameters"):
+        exercises.check_02_2(wrong, model, profile)
+    cold = {**answer, "default": {**default, "seconds": 100 * mine["seconds"]}}
+    with pytest.raises(AssertionError, match="synchronize"):  # a warm-up pass timed, say
+        exercises.check_02_2(cold, model, profile)
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("lora_experiment", ["lora"], indirect=True)
+def test_02_2_fails_when_the_default_is_left_unchanged(lora_experiment):
+    model, profile, run = lora_experiment
+    config, default = run()
+    _, again = run()
+    with pytest.raises(AssertionError, match="和 03 默认的一样"):
+        exercises.check_02_2({"config": config, "default": default, "mine": again}, model, profile)
+    alpha_only, _ = run(lora_alpha=4 * profile.lora_r)  # same adapters, only scaled
+    with pytest.raises(AssertionError, match="lora_alpha"):
+        exercises.check_02_2(
+            {"config": alpha_only, "default": default, "mine": again}, model, profile
+        )
+    rank, bigger = run(r=4 * profile.lora_r)  # a rank change passes too
+    assert exercises.check_02_2(
+        {"config": rank, "default": default, "mine": bigger}, model, profile
+    )
+
+
 def test_01_3_measures_a_lower_near_duplicate_threshold(capsys):
     from helpers.data import load_split
 
