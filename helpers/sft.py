@@ -34,7 +34,7 @@ import os
 import resource
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -87,7 +87,7 @@ def tensorboard_dir(output_dir: str | Path) -> Path:
     return Path(output_dir) / "runs"
 
 
-def _default_report_to() -> list[str]:
+def default_report_to() -> list[str]:
     """["tensorboard"] when it is installed, else [] (transformers would raise without it)."""
     import importlib.util
 
@@ -141,7 +141,7 @@ def sft_config(profile: Profile, output_dir: str | Path, **overrides: Any):  # -
         save_total_limit=o("save_total_limit", 2),
         eval_strategy=o("eval_strategy", "no"),
         eval_steps=o("eval_steps", save_steps),
-        report_to=o("report_to", _default_report_to()),
+        report_to=o("report_to", default_report_to()),
         seed=o("seed", 42),
         use_cpu=o("use_cpu", not cuda),
         dataloader_num_workers=o("dataloader_num_workers", 0),  # worker processes cost on 2 cores
@@ -151,10 +151,12 @@ def sft_config(profile: Profile, output_dir: str | Path, **overrides: Any):  # -
     )
 
 
-def _dataset(rows: Iterable[dict] | None):
-    """A datasets.Dataset with only the "messages" column, or None."""
+def _dataset(rows: Iterable[dict] | Mapping[str, Iterable[dict]] | None):
+    """A datasets.Dataset with only the "messages" column (a dict of them for a dict), or None."""
     if rows is None:
         return None
+    if isinstance(rows, Mapping):  # channels: the Trainer logs eval_<name>_loss for each
+        return {name: _dataset(part) for name, part in rows.items()}
     from datasets import Dataset
 
     rows = list(rows)
@@ -171,7 +173,7 @@ def make_trainer(
     model,
     tokenizer,
     train_rows: Iterable[dict],
-    eval_rows: Iterable[dict] | None,
+    eval_rows: Iterable[dict] | Mapping[str, Iterable[dict]] | None,
     profile: Profile,
     output_dir: str | Path,
     *,
@@ -187,7 +189,6 @@ def make_trainer(
     LM head on a CPU projects only label positions; False gives TRL's own trainer, unchanged.
     peft injects the adapter into ``model`` in place: load a fresh model for another run.
     """
-    import torch
     from trl import SFTTrainer
 
     from helpers.sft_trainer import CourseSFTTrainer
@@ -216,8 +217,21 @@ def make_trainer(
             peft_config=lora_config(profile, **(lora or {})),
             callbacks=callbacks,
         )
-    quantized = getattr(model, "is_loaded_in_4bit", False) or getattr(
-        model, "is_loaded_in_8bit", False
+    return apply_dtype_policy(trainer)
+
+
+def apply_dtype_policy(trainer):
+    """QLoRA: adapters back to fp32 (TRL made them bf16) and, on a CPU, bnb's generic path.
+
+    Call it on any SFTTrainer built around a 4-bit model (a no-op otherwise); see the module
+    docstring for why the adapters stay fp32 and ``helpers.cpu`` for the CPU kernel.
+    """
+    import torch
+
+    base = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else None
+    quantized = any(
+        getattr(m, "is_loaded_in_4bit", False) or getattr(m, "is_loaded_in_8bit", False)
+        for m in (trainer.model, base)
     )
     if quantized and not torch.cuda.is_available():
         train_on_generic_bnb_path(trainer.model)  # the frozen base must not drift (helpers.cpu)
@@ -238,20 +252,37 @@ def _in_notebook() -> bool:
 
 
 class LiveLossPlot(TrainerCallback):
-    """Training and eval loss curves, redrawn in place in a notebook; ``.history`` elsewhere."""
+    """Training and eval loss curves, redrawn in place in a notebook; ``.history`` elsewhere.
+
+    Every loss the Trainer logs is kept: ``loss``, ``eval_loss`` and, when the eval set is a
+    dict of channels, ``eval_<channel>_loss`` for each (``channels()`` reads them back).
+    """
 
     def __init__(self, every: int = 1) -> None:
-        self.history: list[dict] = []  # {"step", "loss"} or {"step", "eval_loss"}
+        self.history: list[dict] = []  # {"step", "<key>": loss} for each logged loss
         self.every = every
         self._handle = None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        """Record loss / eval_loss and redraw."""
-        for key in ("loss", "eval_loss"):
-            if logs and key in logs:
-                self.history.append({"step": state.global_step, key: float(logs[key])})
+        """Record every logged loss and redraw."""
+        for key, value in (logs or {}).items():
+            if key == "loss" or (key.startswith("eval_") and key.endswith("loss")):
+                self.history.append({"step": state.global_step, key: float(value)})
         if _in_notebook() and state.global_step % self.every == 0:
             self._redraw()
+
+    def channels(self):
+        """Eval loss by step (rows) and channel (columns): ``eval_<channel>_loss`` keys."""
+        import pandas as pd
+
+        points = [
+            (h["step"], key[len("eval_") : -len("_loss")] or "eval", value)
+            for h in self.history
+            for key, value in h.items()
+            if key.startswith("eval_")
+        ]
+        frame = pd.DataFrame(points, columns=["step", "channel", "loss"])
+        return frame.pivot_table(index="step", columns="channel", values="loss")
 
     def _redraw(self) -> None:
         """Update (or create) the notebook output with the current figure."""
@@ -272,13 +303,15 @@ class LiveLossPlot(TrainerCallback):
 
         if ax is None:
             _, ax = plt.subplots(figsize=(6, 3.2))
-        for key, style in (("loss", "-"), ("eval_loss", "o--")):
+        keys = dict.fromkeys(key for h in self.history for key in h if key != "step")
+        for key in keys:
             points = [(h["step"], h[key]) for h in self.history if key in h]
-            if points:
-                ax.plot(*zip(*points, strict=True), style, label=key)
+            style = "-" if key == "loss" else "o--"
+            ax.plot(*zip(*points, strict=True), style, label=key, markersize=3)
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
-        ax.legend()
+        if keys:
+            ax.legend(fontsize="small", ncol=2 if len(keys) > 4 else 1)
         return ax
 
 

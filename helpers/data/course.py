@@ -157,7 +157,7 @@ def score_answers(predictions: Sequence[str], references: Sequence[str]) -> dict
         if p is None:
             continue
         valid += 1
-        ok = [_same(p.get(f, "<missing>"), r.get(f)) for f in FIELDS]
+        ok = [same_value(p.get(f, "<missing>"), r.get(f)) for f in FIELDS]
         for f, hit in zip(FIELDS, ok, strict=True):
             per_field[f] += hit
         exact += all(ok)
@@ -166,7 +166,8 @@ def score_answers(predictions: Sequence[str], references: Sequence[str]) -> dict
     return out
 
 
-def _same(a: Any, b: Any) -> bool:
+def same_value(a: Any, b: Any) -> bool:
+    """Field equality as the course scores it: numbers within 1e-6, anything else ==."""
     if isinstance(a, int | float) and isinstance(b, int | float) and not isinstance(a, bool):
         return abs(a - b) < 1e-6
     return a == b

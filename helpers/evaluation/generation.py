@@ -49,18 +49,21 @@ def generate_batch(
     batch_size: int = 16,
     progress: bool = True,
     generation_config=None,
-) -> list[str]:
+    return_stops: bool = False,
+) -> list[str] | tuple[list[str], list[bool]]:
     """Greedy replies, left-padded in batches; special tokens stripped.
 
     Conversations go through the chat template; plain strings are continued as they are.
     ``generation_config`` replaces :func:`greedy_config` (e.g. the model's own, to show what
-    its shipped sampling defaults change).
+    its shipped sampling defaults change). ``return_stops`` also returns, per reply, whether
+    the model emitted a stop token (its end of turn) before ``max_new_tokens`` ran out.
     """
     import torch
     from tqdm.auto import tqdm
 
     side, tokenizer.padding_side = tokenizer.padding_side, "left"  # generation appends on the right
     replies: list[str] = []
+    stops: list[bool] = []
     try:
         starts = range(0, len(conversations), batch_size)
         for start in tqdm(starts, desc="generate", disable=not progress, leave=False):
@@ -84,9 +87,12 @@ def generate_batch(
                 # (batch, prompt_len + new_tokens)
             new = out[:, batch["input_ids"].shape[1] :]
             replies += tokenizer.batch_decode(new, skip_special_tokens=True)
+            eos = config.eos_token_id
+            eos = [eos] if isinstance(eos, int) else list(eos or [])
+            stops += torch.isin(new, torch.tensor(eos, device=new.device)).any(dim=1).tolist()
     finally:
         tokenizer.padding_side = side
-    return replies
+    return (replies, stops) if return_stops else replies
 
 
 def prompt_messages(row: dict, profile: Profile) -> list[dict]:
@@ -114,25 +120,40 @@ def behaviour_report(model, tokenizer, profile: Profile, progress: bool = True) 
     """Main-task JSON metrics and self-cognition hit rate on held-out data, with the answers."""
     sets = eval_sets(profile)
     test, cognition = sets["main_test"], sets["self_cognition"]
-    answers = generate_batch(
-        model, tokenizer, [prompt_messages(r, profile) for r in test], 64, progress=progress
+    answers, stopped = generate_batch(
+        model,
+        tokenizer,
+        [prompt_messages(r, profile) for r in test],
+        64,
+        progress=progress,
+        return_stops=True,
     )
     metrics = task_scores(answers, [r["messages"][-1]["content"] for r in test])
-    replies = generate_batch(
-        model, tokenizer, [prompt_messages(r, profile) for r in cognition], 48, progress=progress
+    metrics["stop_rate"] = sum(stopped) / len(stopped)  # answers that ended with end-of-turn
+    replies, replies_stopped = generate_batch(
+        model,
+        tokenizer,
+        [prompt_messages(r, profile) for r in cognition],
+        48,
+        progress=progress,
+        return_stops=True,
     )
     metrics["self_cognition_hit"] = sum(map(names_assistant, replies)) / len(replies)
     references = [r["messages"][-1]["content"] for r in cognition]
     rouge = [rouge_l_chars(a, ref) for a, ref in zip(replies, references, strict=True)]
     metrics["self_cognition_rouge_l"] = sum(rouge) / len(rouge)
-    outputs = {"main_test": (test, answers), "self_cognition": (cognition, replies)}
+    metrics["self_cognition_stop_rate"] = sum(replies_stopped) / len(replies_stopped)
+    outputs = {
+        "main_test": (test, answers, stopped),
+        "self_cognition": (cognition, replies, replies_stopped),
+    }
     return {
         "metrics": metrics,
         "decoding": {**DECODING, "max_new_tokens": {"main_test": 64, "self_cognition": 48}},
         "answers": [
-            {"id": r["id"], "set": name, "answer": a}
-            for name, (rows, outs) in outputs.items()
-            for r, a in zip(rows, outs, strict=True)
+            {"id": r["id"], "set": name, "answer": a, "stopped": stop}
+            for name, (rows, outs, stops) in outputs.items()
+            for r, a, stop in zip(rows, outs, stops, strict=True)
         ],
     }
 
