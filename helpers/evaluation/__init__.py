@@ -7,6 +7,8 @@ One submodule per concern; the names the notebooks use are re-exported here.
 - ``tokens``: teacher forcing: per-token probabilities, bad-case table, coloured view
 - ``uncertainty``: confidence of generated answers vs their correctness
 - ``forgetting``: few-shot general probe, before/after delta table, case classification
+- ``diagnostics``: slices with bootstrap intervals, JSON-prefix probe, bad-case taxonomy,
+  over-said values, eval channels, loss levels
 - ``compare``: base vs fine-tuned side by side, diff highlighting, ipywidgets browser
 - ``results``: the results file that notebook 05 appends to
 - ``benchmarks``: optional C-Eval/CMMLU subset through lm-evaluation-harness (GPU + internet)
@@ -17,6 +19,18 @@ One submodule per concern; the names the notebooks use are re-exported here.
 
 from helpers.evaluation.benchmarks import benchmark_status, run_benchmarks
 from helpers.evaluation.compare import case_browser, case_html, diff_html, side_by_side
+from helpers.evaluation.diagnostics import (
+    SLICES,
+    TAXONOMY,
+    bootstrap_ci,
+    channel_rows,
+    loss_levels,
+    prefix_probe,
+    probe_intervals,
+    slice_table,
+    taxonomy,
+    value_bias,
+)
 from helpers.evaluation.forgetting import (
     fewshot_prompt,
     forgetting_cases,
@@ -54,13 +68,17 @@ from helpers.evaluation.uncertainty import confidence_frame, confidence_summary,
 __all__ = [
     "CORE_METRICS",
     "DECODING",
+    "SLICES",
+    "TAXONOMY",
     "TokenScores",
     "auroc",
     "bad_case_table",
-    "benchmark_status",
     "behaviour_report",
+    "benchmark_status",
+    "bootstrap_ci",
     "case_browser",
     "case_html",
+    "channel_rows",
     "confidence_frame",
     "confidence_summary",
     "diff_html",
@@ -71,22 +89,28 @@ __all__ = [
     "generate_batch",
     "legend_html",
     "load_results",
+    "loss_levels",
     "names_assistant",
     "perplexity",
     "plot_confidence",
+    "prefix_probe",
     "probe_hit",
+    "probe_intervals",
     "probe_report",
     "prompt_messages",
     "record_variant",
     "render_token_scores",
     "results_frame",
     "results_path",
-    "row_scores",
     "rouge_l_chars",
+    "row_scores",
     "run_benchmarks",
     "score_tokens",
     "set_perplexity",
     "side_by_side",
+    "slice_table",
     "start_results",
     "stored_or_measured",
+    "taxonomy",
+    "value_bias",
 ]
