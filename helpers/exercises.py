@@ -270,6 +270,60 @@ def check_03_1(effective_batch: int | None, samples_seen: int | None, profile) -
     return True
 
 
+def _end_of_turn_probability(model, tokenizer, rows) -> float:
+    """Mean probability of each answer's last trained token (its end of turn), teacher-forced."""
+    from helpers.evaluation import score_tokens
+
+    scores = score_tokens(model, tokenizer, [r["messages"] for r in rows], progress=False)
+    return sum(s.probs[-1] for s in scores) / len(scores)
+
+
+def _stop_rate(model, tokenizer, rows) -> float:
+    """Share of greedy answers (64 new tokens at most) that end with a stop token."""
+    from helpers.evaluation import generate_batch
+
+    prompts = [r["messages"][:-1] for r in rows]
+    _, stops = generate_batch(model, tokenizer, prompts, 64, progress=False, return_stops=True)
+    return sum(stops) / len(stops)
+
+
+def check_03_2(eos_model, adapter_dir, tokenizer, rows, profile) -> bool:
+    """03 练习 2: with the end-of-turn token out of the loss, the model stops less.
+
+    Compares ``eos_model`` with the notebook's adapter (reloaded from ``adapter_dir``) on the
+    same validation rows: the end-of-turn probability must fall by a fifth at least (an
+    unchanged rerun gives the same value; the tiny random model falls by half, a real model by
+    orders of magnitude); on real weights greedy answers must also stop less often.
+    """
+    if _unanswered(eos_model):
+        return False
+    from peft import PeftModel
+
+    from helpers.models import load_model
+
+    reference = PeftModel.from_pretrained(load_model(profile)[0], adapter_dir).eval()
+    eos_model.eval()
+    p = {
+        "本课的适配器": _end_of_turn_probability(reference, tokenizer, rows),
+        "你的实验": _end_of_turn_probability(eos_model, tokenizer, rows),
+    }
+    assert p["你的实验"] < 0.8 * p["本课的适配器"], (
+        f"答案末尾结束符的平均概率：{p}。实验组没有明显下降，改动没有生效。提示：包一层 "
+        "trainer.data_collator，把 batch['labels'] 中等于结束符 id 的位置设为 -100，再训练。"
+    )
+    report = {f"结束符概率（{k}）": round(v, 4) for k, v in p.items()}
+    if profile.real_weights:  # random weights never stop either way
+        few = rows[:16]
+        stops = {"本课的适配器": _stop_rate(reference, tokenizer, few)}
+        stops["你的实验"] = _stop_rate(eos_model, tokenizer, few)
+        assert stops["你的实验"] < stops["本课的适配器"], (
+            f"能自己停下的回答比例：{stops}。结束符的概率降了，但生成时停下的并没有变少。"
+        )
+        report.update({f"停下的比例（{k}）": round(v, 2) for k, v in stops.items()})
+    print(f"✅ 结束符不算损失，模型就学不会停下：{report}")
+    return True
+
+
 def check_04_1(answer: float | None, scores) -> bool:
     """04 练习 1: the perplexity of one answer from its per-token probabilities."""
     import math

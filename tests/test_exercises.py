@@ -151,6 +151,48 @@ def test_01_3_measures_a_lower_near_duplicate_threshold(capsys):
         exercises.check_01_3(0.5, measured["extra_removed"] + 1, rows)
 
 
+def _tiny_run(tiny_dir, out, drop_end_of_turn: bool):
+    """A tiny LoRA run at the tiny profile's settings; optionally no loss on the end of turn."""
+    import torch
+
+    from helpers import models, sft
+    from helpers.profiles import get_profile
+
+    profile = get_profile("tiny")
+    model, tokenizer = models.load_model(profile, tiny_dir)
+    rows, _ = sft.training_rows(profile)
+    trainer = sft.make_trainer(model, tokenizer, rows, None, profile, out, save_strategy="no")
+    if drop_end_of_turn:
+        collate, eos = trainer.data_collator, model.generation_config.eos_token_id
+        eos = torch.tensor(eos if isinstance(eos, list) else [eos])
+
+        def without_end_of_turn(examples):
+            batch = collate(examples)
+            batch["labels"][torch.isin(batch["labels"], eos)] = -100
+            return batch
+
+        trainer.data_collator = without_end_of_turn
+    sft.train(trainer)
+    return trainer
+
+
+def test_03_2_sees_the_end_of_turn_left_out_of_the_loss(tiny_dir, tmp_path, monkeypatch):
+    from helpers import models, sft
+    from helpers.profiles import get_profile
+
+    monkeypatch.setenv(models.CACHE_ENV_VAR, str(tiny_dir.parent))  # the check loads this base
+    profile = get_profile("tiny")
+    control = _tiny_run(tiny_dir, tmp_path / "control", drop_end_of_turn=False)
+    sft.save_adapter(control, tmp_path / "adapter")
+    tokenizer, rows = control.processing_class, sft.validation_rows(profile, 16)
+    assert exercises.check_03_2(None, tmp_path / "adapter", tokenizer, rows, profile) is False
+    unchanged = _tiny_run(tiny_dir, tmp_path / "same", drop_end_of_turn=False).model
+    with pytest.raises(AssertionError, match="改动没有生效"):
+        exercises.check_03_2(unchanged, tmp_path / "adapter", tokenizer, rows, profile)
+    changed = _tiny_run(tiny_dir, tmp_path / "no-eos", drop_end_of_turn=True).model
+    assert exercises.check_03_2(changed, tmp_path / "adapter", tokenizer, rows, profile)
+
+
 def test_04_exercises_check_perplexity_and_first_divergence():
     import math
 
