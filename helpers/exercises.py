@@ -353,6 +353,51 @@ def check_04_2(answer: int | None, scores) -> bool:
     return True
 
 
+def check_04_3(intent: str | None, model, tokenizer, profile, reference_scores) -> bool:
+    """04 练习 3: up-sampling the weakest intent lowers its held-out loss.
+
+    ``reference_scores`` are the notebook's fine-tuned scores on the test references; the
+    weakest intent is the one with the highest loss per token there. ``model`` was trained
+    like 03 with that intent's rows repeated; on real weights its loss on the intent's test
+    rows must fall by 5% at least, on random ones (tiny, rehearsals) merely change: an
+    unchanged rerun gives the same loss and fails either way.
+    """
+    if _unanswered(intent) or _unanswered(model):
+        return False
+    import json
+
+    from helpers.evaluation import eval_sets, intent_losses, score_tokens
+
+    rows = eval_sets(profile)["main_test"]
+    before = intent_losses(reference_scores, rows)
+    weakest = max(before, key=before.get)
+    assert intent == weakest, (
+        f"{intent!r} 不是最弱的意图。提示：按意图汇总第 3 节的 tuned_scores（evaluation."
+        f"intent_losses），每个 token 的损失最高的是 {weakest!r}。"
+    )
+    chosen = [r for r in rows if json.loads(r["messages"][-1]["content"])["intent"] == intent]
+    model.eval()
+    scores = score_tokens(
+        model,
+        tokenizer,
+        [profile.style_messages(r["messages"]) for r in chosen],
+        ids=[r["id"] for r in chosen],
+        progress=False,
+    )
+    after = intent_losses(scores, chosen)[intent]
+    hint = (
+        f"{intent} 的留出损失 {before[intent]:.3f} -> {after:.3f}，没有明显下降。提示：把这个意图的"
+        "训练样本多复制几份（比如再加两份）混进 rows，打乱后用同样的步数重新训练。"
+    )
+    if profile.real_weights:
+        assert after < 0.95 * before[intent], hint
+    else:  # random weights learn too little to move one intent; the run must still differ
+        assert abs(after - before[intent]) > 1e-4, hint
+        print("随机权重：只检查训练确实变了，损失的方向要在真实模型上看。")
+    print(f"✅ {intent} 的留出损失（每 token）{before[intent]:.3f} -> {after:.3f}")
+    return True
+
+
 def check_05_1(answer: float | None, gguf_path, n_params: int) -> bool:
     """05 练习 1: average bits per weight of a GGUF file."""
     from pathlib import Path

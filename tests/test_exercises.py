@@ -210,6 +210,44 @@ def test_04_exercises_check_perplexity_and_first_divergence():
     assert exercises.check_04_2(-1, same)
 
 
+def test_04_3_sees_the_weakest_intent_up_sampled(tiny_dir, tmp_path):
+    import random
+
+    from helpers import evaluation, models, sft
+    from helpers.data import parse_answer
+    from helpers.profiles import get_profile
+
+    profile = get_profile("tiny")
+    test_rows = evaluation.eval_sets(profile)["main_test"]
+    references = [profile.style_messages(r["messages"]) for r in test_rows]
+    rows, _ = sft.training_rows(profile)
+
+    def train_on(train_rows, name):
+        model, tokenizer = models.load_model(profile, tiny_dir)
+        trainer = sft.make_trainer(
+            model, tokenizer, train_rows, None, profile, tmp_path / name, save_strategy="no"
+        )
+        sft.train(trainer)
+        return trainer.model.eval(), tokenizer
+
+    control, tokenizer = train_on(rows, "control")
+    ids = [r["id"] for r in test_rows]
+    scores = evaluation.score_tokens(control, tokenizer, references, ids=ids, progress=False)
+    losses = evaluation.intent_losses(scores, test_rows)
+    weakest = max(losses, key=losses.get)
+    assert exercises.check_04_3(None, None, tokenizer, profile, scores) is False
+    with pytest.raises(AssertionError, match="不是最弱"):
+        exercises.check_04_3(min(losses, key=losses.get), control, tokenizer, profile, scores)
+    rerun, _ = train_on(rows, "rerun")  # the learner's change not made
+    with pytest.raises(AssertionError, match="没有明显下降"):
+        exercises.check_04_3(weakest, rerun, tokenizer, profile, scores)
+    intent_of = lambda r: (parse_answer(r["messages"][-1]["content"]) or {}).get("intent")  # noqa: E731
+    upsampled = rows + [r for r in rows if intent_of(r) == weakest] * 2
+    random.Random(0).shuffle(upsampled)
+    model, _ = train_on(upsampled, "upsampled")
+    assert exercises.check_04_3(weakest, model, tokenizer, profile, scores)
+
+
 def test_05_exercises_check_bits_per_weight_and_variant_choice(tmp_path):
     import pandas as pd
 

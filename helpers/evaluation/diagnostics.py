@@ -131,11 +131,16 @@ def prefix_probe(
     return [prefix + c.split("\n")[0] for c in continued]
 
 
+def task_answers(rows: Sequence[dict]) -> list[dict]:
+    """The JSON answers of the main-task rows among ``rows`` (identity and replay rows skipped)."""
+    parsed = (parse_answer(r["messages"][-1]["content"]) for r in rows)
+    return [a for a in parsed if a is not None and "intent" in a]
+
+
 def majority_values(train_rows: Sequence[dict]) -> dict[tuple[str, str], object]:
     """The most common training value of each field per intent: (intent, field) -> value."""
     counts: dict[tuple[str, str], Counter] = {}
-    for r in train_rows:
-        answer = json.loads(r["messages"][-1]["content"])
+    for answer in task_answers(train_rows):
         for f in FIELDS:
             counts.setdefault((answer["intent"], f), Counter())[json.dumps(answer[f])] += 1
     return {key: json.loads(c.most_common(1)[0][0]) for key, c in counts.items()}
@@ -223,7 +228,7 @@ def value_bias(rows, answers, train_rows, fields=("intent", "sentiment", "urgenc
 
     said = {a["id"]: parse_answer(a["answer"]) for a in answers if a["set"] == "main_test"}
     refs = {r["id"]: json.loads(r["messages"][-1]["content"]) for r in rows}
-    train = [json.loads(r["messages"][-1]["content"]) for r in train_rows]
+    train = task_answers(train_rows)
     out = []
     for f in fields:
         values = {json.dumps(x[f], ensure_ascii=False) for x in [*refs.values(), *train]}
@@ -242,6 +247,19 @@ def value_bias(rows, answers, train_rows, fields=("intent", "sentiment", "urgenc
     frame = pd.DataFrame(out)
     frame["over-said"] = frame["said"] - frame["reference"]
     return frame.sort_values("over-said", ascending=False).reset_index(drop=True)
+
+
+def intent_losses(scores: Sequence, rows: Sequence[dict]) -> dict[str, float]:
+    """Loss per answer token (teacher-forced) of each intent's rows, from ``score_tokens``."""
+    by_id = {s.id: s for s in scores}
+    totals: dict[str, list[float]] = {}
+    for r in rows:
+        if r["id"] in by_id:
+            intent = json.loads(r["messages"][-1]["content"])["intent"]
+            nll_n = totals.setdefault(intent, [0.0, 0])
+            nll_n[0] += by_id[r["id"]].nll
+            nll_n[1] += by_id[r["id"]].n
+    return {intent: nll / n for intent, (nll, n) in sorted(totals.items())}
 
 
 def channel_rows(profile: Profile, per_channel: int) -> dict[str, list[dict]]:
