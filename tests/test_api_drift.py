@@ -25,6 +25,7 @@ from helpers.profiles import PROFILES
 REPO = Path(__file__).resolve().parent.parent
 LIBRARIES = (transformers, peft, trl)
 SCANNED = ("bench/gpu_smoke.py",)  # scripts scanned as well: the GPU smoke test runs nowhere else
+COURSE_SUBCLASSES = {"CourseSFTTrainer": trl.SFTTrainer}
 # Keywords that older tutorials use and the installed versions renamed or removed.
 RENAMED = {
     "torch_dtype": "dtype (transformers 5)",
@@ -73,8 +74,14 @@ def _allowed_keywords(obj) -> set[str] | None:
 
 
 def _library_callable(name: str):
-    """A config class, arguments class or trainer of the libraries, looked up by name."""
-    if not name.endswith(("Config", "Arguments", "Trainer")):
+    """A config class, arguments class, trainer or callback of the libraries, by name.
+
+    The course's own subclasses are checked against what they extend (their constructor is
+    the library's): ``CourseSFTTrainer`` is TRL's ``SFTTrainer``.
+    """
+    if name in COURSE_SUBCLASSES:
+        return COURSE_SUBCLASSES[name]
+    if not name.endswith(("Config", "Arguments", "Trainer", "Callback")):
         return None
     for library in LIBRARIES:
         obj = getattr(library, name, None)
@@ -115,6 +122,8 @@ def test_the_scan_sees_the_course_code():
     names = {name for _, _, name, _ in _calls()}
     assert "generate" in names  # helpers.models.generate_reply
     assert "from_pretrained" in names
+    # 03 builds these in plain view; helpers.sft adds the early-stopping callback
+    assert {"LoraConfig", "SFTConfig", "CourseSFTTrainer", "EarlyStoppingCallback"} <= names
     labels = {label for label, _, _, _ in _calls()}
     assert set(SCANNED) <= labels
 
