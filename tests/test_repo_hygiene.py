@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 from pathlib import Path
 
@@ -71,6 +72,16 @@ def test_notebook_follows_the_course_skeleton(path):
     assert any(c.startswith("# NBVAL_IGNORE_OUTPUT") and "version(" in c for c in code), (
         "a cell prints library versions"
     )
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_teaches_in_prose(path):
+    """More markdown than code (STYLE.md), made of explanations rather than split fragments."""
+    cells = _cells(path)
+    prose = [len(_source(c)) for c in cells if c["cell_type"] == "markdown"]
+    code = [c for c in cells if c["cell_type"] == "code"]
+    assert len(prose) >= 1.2 * len(code), f"markdown:code is {len(prose)}:{len(code)}, below 1.2:1"
+    assert statistics.median(prose) >= 150, "markdown cells are explanations, not split fragments"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
