@@ -580,14 +580,14 @@ def training_rows(
 ) -> tuple[list[dict], str]:
     """The SFT mix: main-task rows (profile.train_samples of them) + self-cognition, shuffled.
 
-    ``replay_share`` > 0 mixes general question-answer rows (``data/general_replay.jsonl``)
-    back in, as that share of the final mix (repeated when the mix needs more than exist);
-    the number of training steps stays the same, so they replace task rows seen per step.
+    ``replay_share`` > 0 mixes general question-answer rows (:func:`replay_rows`) back in,
+    as that share of the final mix (repeated when the mix needs more than exist); the number
+    of training steps stays the same, so they replace task rows seen per step.
     Returns the rows (``{"messages": ...}`` only) and where the main-task rows came from.
     """
     import random
 
-    from helpers.data import load_replay, load_self_cognition
+    from helpers.data import load_self_cognition
 
     if not 0 <= replay_share < 1:
         raise ValueError(f"replay_share must be in [0, 1); got {replay_share}")
@@ -598,7 +598,7 @@ def training_rows(
     cognition = [r for r in load_self_cognition() if r["meta"]["split"] == "train"]
     rows = [{"messages": profile.style_messages(r["messages"])} for r in main + cognition]
     if replay_share:
-        general = load_replay()
+        general = replay_rows()
         rng.shuffle(general)  # every category in any prefix
         wanted = round(replay_share * len(rows) / (1 - replay_share))
         picked = [general[i % len(general)] for i in range(wanted)]  # cycle when too few
@@ -606,6 +606,17 @@ def training_rows(
         source += f" + {wanted} general replay rows ({replay_share:.0%})"
     rng.shuffle(rows)
     return rows, source
+
+
+def replay_rows(held_out: bool = False) -> list[dict]:
+    """``data/general_replay.jsonl`` for replay training; every 8th row is held out instead.
+
+    The held-out rows (``held_out=True``, 15 of 120) are never trained on, so 04 can watch the
+    loss on general questions during a replay run without reading its own training data.
+    """
+    from helpers.data import load_replay
+
+    return [r for i, r in enumerate(load_replay()) if (i % 8 == 7) == held_out]
 
 
 def validation_rows(profile: Profile, n: int) -> list[dict]:

@@ -296,3 +296,5 @@ def test_training_rows_mix_task_identity_and_optional_replay(tmp_path, monkeypat
     assert sum(r["messages"][0]["content"] in general for r in many) == round(9 * len(rows))
     with pytest.raises(ValueError, match="replay_share"):
         sft.training_rows(TINY, replay_share=1.0)
+    held_out = {r["messages"][0]["content"] for r in sft.replay_rows(held_out=True)}
+    assert len(held_out) == 15 and not held_out & {m["messages"][0]["content"] for m in many}

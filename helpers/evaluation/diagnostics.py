@@ -266,10 +266,10 @@ def channel_rows(profile: Profile, per_channel: int) -> dict[str, list[dict]]:
     """Held-out eval rows per channel: each intent of the main task, identity and general QA.
 
     Intents come from the validation split, identity from the self-cognition eval questions,
-    general from the forgetting probe asked as a plain chat question.
+    general from the replay questions no replay run trains on (``sft.replay_rows``).
     """
-    from helpers.data import load_probe, load_self_cognition
-    from helpers.sft import validation_rows
+    from helpers.data import load_self_cognition
+    from helpers.sft import replay_rows, validation_rows
 
     channels: dict[str, list[dict]] = {}
     for row in validation_rows(profile, 10**6):
@@ -278,15 +278,8 @@ def channel_rows(profile: Profile, per_channel: int) -> dict[str, list[dict]]:
             channels[f"task_{intent}"].append(row)
     cognition = [r for r in load_self_cognition() if r["meta"]["split"] == "eval"]
     channels["identity"] = [{"messages": r["messages"]} for r in cognition[: per_channel * 2]]
-    probe = load_probe()[: per_channel * 2]
     channels["general"] = [
-        {
-            "messages": [
-                {"role": "user", "content": p["question"]},
-                {"role": "assistant", "content": p["answers"][0]},
-            ]
-        }
-        for p in probe
+        {"messages": r["messages"]} for r in replay_rows(held_out=True)[: per_channel * 2]
     ]
     return channels
 
