@@ -291,9 +291,10 @@ def check_03_2(eos_model, adapter_dir, tokenizer, rows, profile) -> bool:
     """03 练习 2: with the end-of-turn token out of the loss, the model stops less.
 
     Compares ``eos_model`` with the notebook's adapter (reloaded from ``adapter_dir``) on the
-    same validation rows: the end-of-turn probability must fall by a fifth at least (an
-    unchanged rerun gives the same value; the tiny random model falls by half, a real model by
-    orders of magnitude); on real weights greedy answers must also stop less often.
+    same validation rows: the end-of-turn probability must change (an unchanged rerun gives
+    the same value) and, on real weights, fall by a fifth at least, and greedy answers must
+    stop less often. Random weights (tiny, the rehearsals' 4-step runs) barely learn the end
+    of turn, so there only the change is checked.
     """
     if _unanswered(eos_model):
         return False
@@ -307,12 +308,15 @@ def check_03_2(eos_model, adapter_dir, tokenizer, rows, profile) -> bool:
         "本课的适配器": _end_of_turn_probability(reference, tokenizer, rows),
         "你的实验": _end_of_turn_probability(eos_model, tokenizer, rows),
     }
-    assert p["你的实验"] < 0.8 * p["本课的适配器"], (
+    hint = (
         f"答案末尾结束符的平均概率：{p}。实验组没有明显下降，改动没有生效。提示：包一层 "
         "trainer.data_collator，把 batch['labels'] 中等于结束符 id 的位置设为 -100，再训练。"
     )
+    # an unchanged rerun gives the same value on a CPU; the learner's change must move it ...
+    assert abs(p["你的实验"] - p["本课的适配器"]) > 1e-3 * p["本课的适配器"], hint
     report = {f"结束符概率（{k}）": round(v, 4) for k, v in p.items()}
-    if profile.real_weights:  # random weights never stop either way
+    if profile.real_weights:  # ... down, by a fifth at least, and answers stop less often
+        assert p["你的实验"] < 0.8 * p["本课的适配器"], hint
         few = rows[:16]
         stops = {"本课的适配器": _stop_rate(reference, tokenizer, few)}
         stops["你的实验"] = _stop_rate(eos_model, tokenizer, few)
@@ -320,6 +324,8 @@ def check_03_2(eos_model, adapter_dir, tokenizer, rows, profile) -> bool:
             f"能自己停下的回答比例：{stops}。结束符的概率降了，但生成时停下的并没有变少。"
         )
         report.update({f"停下的比例（{k}）": round(v, 2) for k, v in stops.items()})
+    else:  # random weights barely learn the end of turn in a few steps
+        print("随机权重：只检查训练确实变了，方向要在真实模型上看。")
     print(f"✅ 结束符不算损失，模型就学不会停下：{report}")
     return True
 
