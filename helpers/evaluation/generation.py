@@ -120,24 +120,23 @@ def behaviour_report(model, tokenizer, profile: Profile, progress: bool = True) 
     """Main-task JSON metrics and self-cognition hit rate on held-out data, with the answers."""
     sets = eval_sets(profile)
     test, cognition = sets["main_test"], sets["self_cognition"]
-    answers, stopped = generate_batch(
-        model,
-        tokenizer,
-        [prompt_messages(r, profile) for r in test],
-        64,
-        progress=progress,
-        return_stops=True,
-    )
+    runs = {  # set -> (replies, whether each stopped), at the lengths "decoding" states
+        name: generate_batch(
+            model,
+            tokenizer,
+            [prompt_messages(r, profile) for r in rows],
+            max_new_tokens,
+            progress=progress,
+            return_stops=True,
+        )
+        for name, rows, max_new_tokens in (
+            ("main_test", test, 64),
+            ("self_cognition", cognition, 48),
+        )
+    }
+    (answers, stopped), (replies, replies_stopped) = runs["main_test"], runs["self_cognition"]
     metrics = task_scores(answers, [r["messages"][-1]["content"] for r in test])
     metrics["stop_rate"] = sum(stopped) / len(stopped)  # answers that ended with end-of-turn
-    replies, replies_stopped = generate_batch(
-        model,
-        tokenizer,
-        [prompt_messages(r, profile) for r in cognition],
-        48,
-        progress=progress,
-        return_stops=True,
-    )
     metrics["self_cognition_hit"] = sum(map(names_assistant, replies)) / len(replies)
     references = [r["messages"][-1]["content"] for r in cognition]
     rouge = [rouge_l_chars(a, ref) for a, ref in zip(replies, references, strict=True)]
