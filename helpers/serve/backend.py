@@ -27,6 +27,9 @@ class ChatResult:
     finish_reason: str = "stop"  # "stop", "length" (max_tokens or a full context) or "timeout"
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # Mean log-probability of the generated tokens (the answer's confidence), where the backend
+    # computes it; None where it does not (llama.cpp without logits_all).
+    mean_logprob: float | None = None
 
 
 class Backend(Protocol):
