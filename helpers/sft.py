@@ -188,7 +188,10 @@ def make_trainer(
     ``course_loss`` (default) trains with :class:`helpers.sft_trainer.CourseSFTTrainer`, whose
     LM head on a CPU projects only label positions; False gives TRL's own trainer, unchanged.
     peft injects the adapter into ``model`` in place: load a fresh model for another run.
+    A ``PeftModel`` (an adapter loaded with ``is_trainable=True``, e.g. 07's round 2 continuing
+    round 1) keeps training its own adapter: TRL refuses a second ``peft_config`` on it.
     """
+    from peft import PeftModel
     from trl import SFTTrainer
 
     from helpers.sft_trainer import CourseSFTTrainer
@@ -205,6 +208,12 @@ def make_trainer(
             load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False
         )
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=early_stopping_patience))
+    continuing = isinstance(model, PeftModel)
+    if continuing and lora:
+        raise ValueError(
+            "model already has its adapter (a PeftModel): its LoRA settings were fixed when it "
+            "was trained; drop lora=..., or load the base model to train a new adapter."
+        )
     config = sft_config(profile, output_dir, **config_overrides)
     # transformers 5 has no logging_dir argument: its TensorBoard callback reads this variable
     with mock.patch.dict(os.environ, {"TENSORBOARD_LOGGING_DIR": str(tensorboard_dir(output_dir))}):
@@ -214,7 +223,7 @@ def make_trainer(
             train_dataset=_dataset(train_rows),
             eval_dataset=_dataset(eval_rows),
             processing_class=tokenizer,
-            peft_config=lora_config(profile, **(lora or {})),
+            peft_config=None if continuing else lora_config(profile, **(lora or {})),
             callbacks=callbacks,
         )
     return apply_dtype_policy(trainer)

@@ -298,3 +298,24 @@ def test_training_rows_mix_task_identity_and_optional_replay(tmp_path, monkeypat
         sft.training_rows(TINY, replay_share=1.0)
     held_out = {r["messages"][0]["content"] for r in sft.replay_rows(held_out=True)}
     assert len(held_out) == 15 and not held_out & {m["messages"][0]["content"] for m in many}
+
+
+def test_a_trained_adapter_keeps_training_its_own_weights(tiny_dir, trained, rows, tmp_path):
+    """07's round 2: the round-1 adapter, loaded trainable, goes on learning (no second adapter)."""
+    from peft import PeftModel
+
+    trainer, _, _, _, out = trained
+    sft.save_adapter(trainer, out / "round1")
+    base, tokenizer = load_model(TINY, path=tiny_dir)
+    model = PeftModel.from_pretrained(base, out / "round1", is_trainable=True)
+    start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    with pytest.raises(ValueError, match="already has its adapter"):
+        sft.make_trainer(model, tokenizer, rows[0][:8], None, TINY, tmp_path, lora={"r": 4})
+    round2 = sft.make_trainer(
+        model, tokenizer, rows[0][:8], None, TINY, tmp_path, max_steps=2, **FAST
+    )
+    assert list(round2.model.peft_config) == ["default"]  # the same adapter, not a new one
+    sft.train(round2)
+    now = dict(round2.model.named_parameters())
+    assert set(start) == {n for n, p in now.items() if p.requires_grad}
+    assert any(not torch.equal(start[n], now[n]) for n in start)
