@@ -36,7 +36,8 @@ ROWS_PER_DAY = 120
 # Relative load per hour of the day: quiet nights, a late-morning and an evening peak.
 HOURLY_LOAD = (2, 1, 1, 1, 1, 2, 3, 5, 7, 9, 10, 10, 8, 8, 9, 9, 8, 7, 8, 10, 11, 10, 7, 4)
 N_CLIENTS = 40
-ATTACKER_CLIENTS = ("client-x01", "client-x02")  # injections come from a few accounts
+ATTACKER_CLIENTS = ("client-x01", "client-x02")  # injections come from a few accounts,
+ATTACK_HOURS = (21.0, 22.5)  # in one evening campaign (hours of the day), as probing often does
 # Day-2 share of each kind of message; the rest of the day is in-distribution traffic.
 DAY2_KINDS = {
     "heldout_phrasing": 0.15,
@@ -151,11 +152,13 @@ def day_kinds(rng: random.Random, day: int, n: int) -> list[str]:
     return kinds
 
 
-def replay_times(rng: random.Random, day: int, n: int) -> list[float]:
-    """``n`` sorted epoch seconds over the day, drawn from HOURLY_LOAD."""
+def replay_time(rng: random.Random, day: int, kind: str) -> float:
+    """Epoch seconds of one message: drawn from HOURLY_LOAD, injections from ATTACK_HOURS."""
     start = DAY0_TS + (day - 1) * 86400
-    hours = rng.choices(range(24), weights=HOURLY_LOAD, k=n)
-    return sorted(round(start + 3600 * (h + rng.random()), 3) for h in hours)
+    if kind == "injection":
+        return round(start + 3600 * rng.uniform(*ATTACK_HOURS), 3)
+    hour = rng.choices(range(24), weights=HOURLY_LOAD)[0]
+    return round(start + 3600 * (hour + rng.random()), 3)
 
 
 def build_day(day: int, n: int = ROWS_PER_DAY, seed: int = SEED) -> list[dict[str, Any]]:
@@ -165,7 +168,7 @@ def build_day(day: int, n: int = ROWS_PER_DAY, seed: int = SEED) -> list[dict[st
     weights = [DAY2_INTENT_WEIGHT.get(i, 1.0) if day > 1 else 1.0 for i in gen.INTENTS]
     clients = [f"client-{k:03d}" for k in range(1, N_CLIENTS + 1)]
     rows = []
-    for kind, ts in zip(day_kinds(rng, day, n), replay_times(rng, day, n), strict=True):
+    for kind in day_kinds(rng, day, n):
         while True:
             intent = rng.choices(gen.INTENTS, weights=weights)[0]
             text, label = make_message(rng, kind, intent)
@@ -176,9 +179,8 @@ def build_day(day: int, n: int = ROWS_PER_DAY, seed: int = SEED) -> list[dict[st
         client = rng.choice(ATTACKER_CLIENTS) if kind == "injection" else None
         rows.append(
             {
-                "id": f"d{day}-{len(rows) + 1:04d}",
                 "day": day,
-                "replay_ts": ts,
+                "replay_ts": replay_time(rng, day, kind),
                 # a few regulars send much of the traffic (weights ~ 1/rank)
                 "client": client
                 or rng.choices(clients, weights=[1 / k for k in range(1, N_CLIENTS + 1)])[0],
@@ -190,7 +192,8 @@ def build_day(day: int, n: int = ROWS_PER_DAY, seed: int = SEED) -> list[dict[st
                 "truth": None if label is None else gen.answer_json(label),
             }
         )
-    return rows
+    rows.sort(key=lambda r: r["replay_ts"])
+    return [{"id": f"d{day}-{i:04d}", **r} for i, r in enumerate(rows, 1)]
 
 
 def write(out: Path, n: int = ROWS_PER_DAY) -> list[str]:
