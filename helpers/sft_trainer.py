@@ -10,6 +10,9 @@ takes the same loss TRL takes (summed negative log-likelihood over ``num_items_i
 logging the same entropy and token accuracy. Everywhere else (CUDA, label smoothing, a custom
 loss, MoE auxiliary losses, logit soft-capping) it is TRL's path, unchanged.
 
+With more than one process (DDP, FSDP, ZeRO on a CPU) it is TRL's path too: the course's forward
+would go around the wrapper, and the gradients would not be synchronised across processes.
+
 Padding costs the body only (the head skips it). Batches stay TRL's random ones: grouping
 samples by length (transformers' ``train_sampling_strategy="group_by_length"``) was ~10% faster
 on cpu-demo but made batches of one kind (the short self-cognition answers together) and
@@ -43,6 +46,9 @@ class CourseSFTTrainer(SFTTrainer):
         text = lm.config.get_text_config()
         return (
             next(lm.parameters()).device.type == "cpu"
+            # one process only: the course's forward calls the inner model, around the DDP /
+            # FSDP / DeepSpeed wrapper whose forward hooks make backward sync the gradients
+            and self.accelerator.num_processes == 1
             and self.compute_loss_func is None
             and self.label_smoother is None
             and self.args.loss_type == "nll"
