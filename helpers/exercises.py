@@ -467,3 +467,71 @@ def check_06_2(answer: float | None, latencies) -> bool:
     )
     print(f"✅ 正确：p95 = {expected:.3f} s（{len(latencies)} 个请求）。")
     return True
+
+
+def low_confidence_precision(log, truth, quantile: float) -> tuple[float, int]:
+    """(share of flagged answers that are wrong, number flagged) for 07's low-confidence flag.
+
+    The threshold is day 1's ``quantile`` of confidence; only answered requests with a
+    reference count (a bare injection has no right answer to be wrong about).
+    """
+    from helpers.monitor.flywheel import same_answer
+
+    threshold = log.loc[log["day"] == 1, "confidence"].quantile(quantile)
+    ok = log[(log["status"] == 200) & log["traffic_id"].map(lambda t: truth.get(t) is not None)]
+    flagged = ok[ok["confidence"] < threshold]
+    pairs = zip(flagged["output"], flagged["traffic_id"], strict=True)
+    wrong = [not same_answer(output, truth[t]) for output, t in pairs]
+    return (sum(wrong) / len(wrong) if wrong else 0.0), len(wrong)
+
+
+def check_07_1(answer: float | None, quantile: float, log, truth) -> bool:
+    """07 练习 1: the precision of a looser low-confidence threshold, measured on the log."""
+    if _unanswered(answer):
+        return False
+    assert quantile != 0.1, (
+        "quantile 还是参数格里的 0.1：把它改成更宽的阈值（例如 0.3），再算一次精确率。"
+    )
+    expected, n = low_confidence_precision(log, truth, quantile)
+    before, n_before = low_confidence_precision(log, truth, 0.1)
+    assert abs(answer - expected) < 1e-9, (
+        f"{answer} 不对。提示：阈值是第一天置信度的 {quantile} 分位数；在有参考答案的成功请求里，"
+        "取置信度低于阈值的，算其中答错（flywheel.same_answer 为 False）的比例。"
+    )
+    print(
+        f"✅ 正确：分位数 {quantile} 挑出 {n} 个请求，其中 {expected:.0%} 答错；"
+        f"0.1 时挑出 {n_before} 个，{before:.0%} 答错。阈值越宽，抓到的越多，误报也越多。"
+    )
+    return True
+
+
+def check_07_2(answer: float | None, model, tokenizer, profile, r2_test_replies) -> bool:
+    """07 练习 2: round 2 without old rows, its test-set field accuracy measured.
+
+    ``r2_test_replies`` are the notebook's round-2 answers on the test set; a rerun with the
+    same settings reproduces them (CPU training is deterministic) and fails.
+    """
+    if _unanswered(answer) or _unanswered(model):
+        return False
+    from helpers.data.course import score_answers
+    from helpers.evaluation import eval_sets, generate_batch, prompt_messages
+
+    rows = eval_sets(profile)["main_test"]
+    prompts = [prompt_messages(r, profile) for r in rows]
+    model.eval()
+    replies = generate_batch(model, tokenizer, prompts, profile.max_new_tokens, progress=False)
+    assert replies != list(r2_test_replies), (
+        "回答和第 10 节的第二轮一模一样：训练数据没有变。提示：ROUND2_OLD_ROWS 设为 0 再训练。"
+    )
+
+    def field(replies):
+        s = score_answers(replies, [r["messages"][-1]["content"] for r in rows])
+        return sum(v for k, v in s.items() if k.startswith("field_")) / 6
+
+    measured, r2 = field(replies), field(r2_test_replies)
+    assert abs(answer - measured) < 1e-9, (
+        f"{answer} 和检查格量到的 {measured:.4f} 不一致。提示：用第 10 节同样的方法"
+        "（generate_batch + score_answers，6 个字段取平均）在原测试集上打分。"
+    )
+    print(f"✅ 不混旧数据：测试集字段准确率 {measured:.3f}；混了旧数据的第二轮：{r2:.3f}。")
+    return True

@@ -100,16 +100,59 @@ def attach_corrections(cases, truth: Mapping[str, str | None]):
     cases["correction"] = pd.Series(corrections, index=cases.index, dtype=object)  # None stays None
     cases["label_source"] = sources
     cases["served_was_right"] = [
-        _same_answer(s, c) for s, c in zip(cases["served"], corrections, strict=True)
+        same_answer(s, c) for s, c in zip(cases["served"], corrections, strict=True)
     ]
     return cases
 
 
-def _same_answer(served: str, correction: str | None) -> bool:
+def same_answer(served: str, correction: str | None) -> bool:
+    """True when ``served`` parses and every field equals the correction's (04's scoring)."""
     from helpers.data.course import parse_answer, same_value
 
     got, want = parse_answer(served or ""), parse_answer(correction or "")
     return got is not None and want is not None and same_value(got, want)
+
+
+def review_box(cases):
+    """A reviewer's desk for the labelled cases: pick one, read it, edit its correction.
+
+    Edits are written back into ``cases["correction"]`` (and ``label_source`` becomes
+    "reviewer"); run ``round2_rows`` after reviewing. Unattended runs leave it untouched.
+    """
+    import html
+
+    import ipywidgets as w
+
+    if cases.empty:
+        return w.HTML("没有坏例需要审阅。")
+    picker = w.Dropdown(
+        options=[(f"{c.traffic_id}: {', '.join(c.reasons)}", i) for i, c in cases.iterrows()],
+        description="坏例",
+        layout=w.Layout(width="60%"),
+    )
+    shown = w.HTML()
+    box = w.Textarea(description="纠正", layout=w.Layout(width="90%", height="4em"))
+
+    def show(change=None) -> None:
+        c = cases.loc[picker.value]
+        prompt = next(m["content"] for m in reversed(c["messages"]) if m["role"] == "user")
+        shown.value = (
+            f"<b>用户</b>：{html.escape(prompt)}<br><b>模型</b>：{html.escape(str(c['served']))}"
+            f"<br><b>来源</b>：{c['label_source']}"
+        )
+        box.value = c["correction"] or ""
+
+    def save(change) -> None:
+        if change["new"] != (cases.at[picker.value, "correction"] or ""):
+            cases.at[picker.value, "correction"] = change["new"] or None
+            cases.at[picker.value, "label_source"] = "reviewer"
+            right = same_answer(cases.at[picker.value, "served"], change["new"] or None)
+            cases.at[picker.value, "served_was_right"] = right
+
+    picker.observe(show, names="value")
+    box.observe(save, names="value")
+    show()
+    return w.VBox([picker, shown, box])
 
 
 def round2_rows(cases, train_rows: Sequence[dict], test_rows: Sequence[dict], profile):
