@@ -272,7 +272,16 @@ def bnb_config_kwargs(profile: Profile) -> dict:
         "bnb_4bit_quant_type": "nf4",
         "bnb_4bit_use_double_quant": True,
         "bnb_4bit_compute_dtype": profile.dtype,
+        # FSDP and ZeRO-3 shard float tensors only: under their launchers (accelerate launch
+        # sets these variables) the packed NF4 bytes are stored in the compute dtype (peft docs)
+        **({"bnb_4bit_quant_storage": profile.dtype} if _sharded_launch() else {}),
     }
+
+
+def _sharded_launch() -> bool:
+    """True under ``accelerate launch`` with FSDP or DeepSpeed ZeRO-3 (configs/accelerate/)."""
+    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+    return fsdp or os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"
 
 
 def model_path(profile: Profile) -> Path:
@@ -302,7 +311,9 @@ def load_model(profile: Profile, path: Path | str | None = None):
     kwargs: dict = {"dtype": getattr(torch, profile.dtype)}
     if profile.load_in_4bit:
         kwargs["quantization_config"] = BitsAndBytesConfig(**bnb_config_kwargs(profile))
-        kwargs["device_map"] = {"": 0 if profile.device == "cuda" else "cpu"}
+        # one GPU per process under torchrun / accelerate launch (LOCAL_RANK), else GPU 0
+        gpu = int(os.environ.get("LOCAL_RANK", 0))
+        kwargs["device_map"] = {"": gpu if profile.device == "cuda" else "cpu"}
     tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(path))  # training template
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if profile.device == "cuda" and not profile.load_in_4bit:
