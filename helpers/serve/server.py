@@ -8,7 +8,8 @@ notebook keeps working while clients (the ``openai`` package, curl, the chat UI)
     ...     print(server.url)  # openai.OpenAI(base_url=server.url, api_key=...)
 
 Endpoints: ``GET /v1/models``, ``POST /v1/chat/completions`` (``stream: true`` sends server-sent
-events) and ``GET /health`` (no key). What it teaches about serving safely:
+events) and ``GET /health`` (no key); for notebook 07, ``POST /v1/feedback`` and ``GET /metrics``.
+What it teaches about serving safely:
 
 - It binds 127.0.0.1 unless told otherwise and refuses any other address without an API key.
 - Every error is JSON in OpenAI's shape ``{"error": {"message", "type", "code"}}``; a client's
@@ -20,6 +21,11 @@ events) and ``GET /health`` (no key). What it teaches about serving safely:
   CVE-2024-34359, template injection through a model file).
 - :func:`vllm_command` builds the GPU route's ``vllm serve`` line: the precision the GPU has,
   greedy meaning greedy, and an API key kept in a private file instead of the printed line.
+
+Monitoring (notebook 07) is opt-in: ``log=RequestLog(path)`` writes one row per chat request,
+``metrics=ServerMetrics()`` serves Prometheus metrics, ``registry=AdapterRegistry(path)`` with
+``load_version`` serves adapter versions behind aliases (canary, promote, rollback). Without them
+a request pays for none of it (:mod:`helpers.monitor.recorder` does the work off the loop).
 """
 
 from __future__ import annotations
@@ -37,20 +43,28 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from helpers.serve.backend import Backend, ChatResult, LlamaCppBackend, RequestError
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from helpers.monitor.log import RequestLog
+    from helpers.monitor.metrics import ServerMetrics
+    from helpers.monitor.recorder import Exchange, Recorder
+    from helpers.monitor.registry import AdapterRegistry, LoadedVersions
+
+logger = logging.getLogger(__name__)
 
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 AUTODL_PORT = 6006  # the port AutoDL's "custom service" (自定义服务) forwards to a public URL
@@ -109,6 +123,10 @@ class _StreamOptions(_Strict):
     include_usage: bool = False
 
 
+_Key = Annotated[str, StringConstraints(max_length=64)]
+_Value = Annotated[str, StringConstraints(max_length=512)]
+
+
 class _ChatRequest(_Strict):
     model: str
     messages: list[_Message] = Field(min_length=1)
@@ -120,6 +138,22 @@ class _ChatRequest(_Strict):
     stop: str | list[str] | None = Field(default=None)
     stream: bool | None = None
     stream_options: _StreamOptions | None = None
+    # OpenAI's end-user id and request tags (at most 16 pairs, keys <= 64, values <= 512 chars):
+    # the log's `client` and `metadata`; `metadata["replay_ts"]` stands in for the clock.
+    user: str | None = Field(default=None, max_length=256)
+    metadata: (
+        dict[
+            Annotated[str, StringConstraints(max_length=64)],
+            Annotated[str, StringConstraints(max_length=512)],
+        ]
+        | None
+    ) = Field(default=None, max_length=16)
+
+
+class _FeedbackRequest(_Strict):
+    request_id: str = Field(max_length=100)
+    rating: str | int
+    correction: str | None = None
 
 
 class APIError(Exception):
@@ -168,15 +202,19 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _parse_chat_request(body: bytes) -> _ChatRequest:
+_CHAT_EXAMPLE = '{"model": "tuned", "messages": [{"role": "user", "content": "你好"}]}'
+_FEEDBACK_EXAMPLE = '{"request_id": "chatcmpl-...", "rating": "down", "correction": "..."}'
+
+
+def _parse_body(cls: type[BaseModel], body: bytes, example: str) -> Any:
     try:
-        return _ChatRequest.model_validate_json(body)
+        return cls.model_validate_json(body)
     except ValidationError as exc:
         errors = exc.errors()
         if errors and errors[0]["type"] == "json_invalid":
             raise _bad_request(
                 f"The body is not valid JSON ({errors[0]['msg']}). Send an object such as "
-                '{"model": "tuned", "messages": [{"role": "user", "content": "你好"}]}.'
+                f"{example}."
             ) from None
         parts = [f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in errors[:3]]
         raise _bad_request("Invalid request: " + "; ".join(parts)) from None
@@ -263,7 +301,7 @@ class _Job:
         except RequestError as exc:
             self._emit("bad_request", exc)
         except Exception:
-            log.exception("The backend failed while generating")  # the traceback stays here
+            logger.exception("The backend failed while generating")  # the traceback stays here
             self._emit("error")
         finally:
             slot.leave(seconds)
@@ -292,14 +330,48 @@ def _sse(data: dict[str, Any] | str) -> str:
 
 
 def create_app(
-    models: Mapping[str, Backend], api_key: str | None, limits: Limits = Limits()
+    models: Mapping[str, Backend],
+    api_key: str | None,
+    limits: Limits = Limits(),
+    *,
+    log: RequestLog | None = None,
+    metrics: ServerMetrics | None = None,
+    registry: AdapterRegistry | None = None,
+    load_version: Callable[[str, Path], Backend] | None = None,
 ) -> FastAPI:
-    """The FastAPI app serving ``models`` (name -> backend); requests need ``api_key`` if set."""
-    if not models:
+    """The FastAPI app serving ``models`` (name -> backend); requests need ``api_key`` if set.
+
+    ``log`` and ``metrics`` record every chat request; ``registry`` adds its aliases and
+    versions as model names, each version loaded by ``load_version(version, adapter_dir)`` the
+    first time it is needed. A name in ``models`` wins over the registry's.
+    """
+    if not models and registry is None:
         raise ValueError("Serve at least one model, e.g. create_app({'tuned': backend}, None).")
+    if (registry is None) != (load_version is None):
+        raise ValueError("registry= and load_version= go together: the server loads versions.")
     slots = {name: _Slot(backend, limits) for name, backend in models.items()}
+    recorder: Recorder | None = None
+    if log is not None or metrics is not None:
+        from helpers.monitor.recorder import Recorder
+
+        recorder = Recorder(log, metrics, wait_s=limits.timeout_s + 10)
+    if metrics is not None:
+        for name, slot in slots.items():
+            metrics.track_queue(name, lambda slot=slot: slot.pending)
+    versions: LoadedVersions | None = None
+    if registry is not None:
+        from helpers.monitor.registry import LoadedVersions
+
+        def version_slot(version: str, backend: Backend) -> _Slot:
+            slot = _Slot(backend, limits)
+            if metrics is not None:
+                metrics.track_queue(version, lambda: slot.pending)
+            return slot
+
+        versions = LoadedVersions(registry, load_version, version_slot)
     created = int(time.time())
     app = FastAPI(title="LLM 微调实战 server", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.resources = [r for r in (recorder, versions) if r is not None]  # closed by stop()
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -308,7 +380,8 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = (
-            "Unknown route: this server has GET /v1/models, POST /v1/chat/completions, GET /health."
+            "Unknown route: this server has GET /v1/models, POST /v1/chat/completions, "
+            "POST /v1/feedback, GET /metrics, GET /health."
         )
         if exc.status_code != 404:
             message = f"{request.method} is not supported on {request.url.path}."
@@ -339,6 +412,14 @@ def create_app(
                 {"WWW-Authenticate": "Bearer"},
             )
 
+    def not_enabled(what: str, keyword: str) -> APIError:
+        return APIError(
+            501,
+            f"This server was started without {what}: pass start_server(..., {keyword}).",
+            "invalid_request_error",
+            f"{what.replace(' ', '_')}_not_enabled",
+        )
+
     @app.get("/health")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
@@ -348,19 +429,83 @@ def create_app(
         data = [
             {"id": n, "object": "model", "created": created, "owned_by": "course"} for n in slots
         ]
+        if versions is not None:
+            data += versions.models(created)
         return {"object": "list", "data": data}
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(check_key)])
-    async def chat_completions(request: Request):
-        req = _parse_chat_request(await _read_body(request, limits.max_body_bytes))
-        slot = slots.get(req.model)
-        if slot is None:
+    @app.get("/metrics", dependencies=[Depends(check_key)])
+    async def prometheus_metrics() -> Response:
+        from helpers.monitor.metrics import CONTENT_TYPE
+
+        if metrics is None:
+            raise not_enabled("metrics", "metrics=ServerMetrics()")
+        await run_in_threadpool(recorder.flush, 5.0)  # requests already answered are counted
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.post("/v1/feedback", dependencies=[Depends(check_key)])
+    async def feedback(request: Request) -> dict[str, Any]:
+        from helpers.monitor.log import FeedbackError
+
+        body = await _read_body(request, limits.max_body_bytes)
+        req = _parse_body(_FeedbackRequest, body, _FEEDBACK_EXAMPLE)
+        if log is None:
+            raise not_enabled("request log", "log=RequestLog(path)")
+        try:  # SQLite (and waiting for a row still being written) off the event loop
+            rating = await run_in_threadpool(
+                recorder.feedback, req.request_id, req.rating, req.correction
+            )
+        except FeedbackError as exc:
+            raise APIError(exc.status, str(exc), "invalid_request_error", exc.code) from None
+        return {"object": "feedback", "request_id": req.request_id, "rating": rating}
+
+    async def route(model: str, key: str) -> tuple[_Slot, str | None]:
+        """The slot serving ``model`` and the registry version behind it (None: not versioned)."""
+        if (slot := slots.get(model)) is not None:
+            return slot, None
+        version = versions.registry.lookup(model, key) if versions is not None else None
+        if version is None:
+            names = [*slots, *(e["id"] for e in versions.models(created))] if versions else slots
             raise APIError(
                 404,
-                f"The model {req.model!r} is not served here; served models: {', '.join(slots)}.",
+                f"The model {model!r} is not served here; served models: {', '.join(names)}.",
                 "invalid_request_error",
                 "model_not_found",
             )
+        slot = versions.served.get(version) or await run_in_threadpool(versions.get, version)
+        return slot, version
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        request_id = f"chatcmpl-{uuid.uuid4().hex}"
+        exchange = recorder.begin(request_id) if recorder is not None else None
+        try:
+            await check_key(request)
+            response = await chat(request, request_id, exchange)
+        except asyncio.CancelledError:
+            if exchange is not None:
+                recorder.finish(exchange, 499, "the client went away")
+            raise
+        except Exception as exc:
+            if not isinstance(exc, APIError):
+                logger.exception("The server failed on a chat request")
+                exc = _job_error("error", None, limits)
+            if exchange is not None:
+                recorder.finish(exchange, exc.status, exc.message)
+            exc.headers = {**exc.headers, "x-request-id": request_id}
+            raise exc from None
+        response.headers["x-request-id"] = request_id
+        return response
+
+    async def chat(request: Request, request_id: str, exchange: Exchange | None) -> Response:
+        body = await _read_body(request, limits.max_body_bytes)
+        req: _ChatRequest = _parse_body(_ChatRequest, body, _CHAT_EXAMPLE)
+        messages = [m.as_dict() for m in req.messages]
+        if exchange is not None:
+            exchange.model, exchange.client, exchange.messages = req.model, req.user, messages
+            exchange.metadata = req.metadata or {}
+        slot, version = await route(req.model, req.user or request_id)
+        if exchange is not None:
+            exchange.served, exchange.version = True, version
         max_tokens = req.max_completion_tokens or req.max_tokens or limits.max_tokens
         if max_tokens > limits.max_tokens:
             raise _bad_request(
@@ -383,18 +528,15 @@ def create_app(
             "top_p": 1.0 if req.top_p is None else req.top_p,
             "stop": stop,
         }
-        messages = [m.as_dict() for m in req.messages]
         job = _Job(slot, messages, params, time.monotonic() + limits.timeout_s)
-        base = {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
-            "created": int(time.time()),
-            "model": req.model,
-        }
+        base = {"id": request_id, "created": int(time.time()), "model": req.model}
 
         if not req.stream:
-            parts: list[str] = []
+            parts: list[str] = exchange.parts if exchange is not None else []
             kind, value = await job.next()
             while kind == "delta":
+                if exchange is not None:
+                    exchange.first_token()
                 parts.append(value)
                 kind, value = await job.next()
             if kind != "done" or value.finish_reason == "timeout":
@@ -402,16 +544,24 @@ def create_app(
             usage = _usage(value, len(parts))
             message = {"role": "assistant", "content": "".join(parts)}
             choice = {"index": 0, "message": message, "finish_reason": value.finish_reason}
-            return {**base, "object": "chat.completion", "choices": [choice], "usage": usage}
+            answer = {**base, "object": "chat.completion", "choices": [choice], "usage": usage}
+            if exchange is not None:
+                _record_result(exchange, value, usage)
+                recorder.finish(exchange, 200)
+            return JSONResponse(answer)
 
         kind, value = first = await job.next()  # errors before the first token get a status
         if kind not in ("delta", "done") or (kind == "done" and value.finish_reason == "timeout"):
             raise _job_error(kind, value, limits)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         chunk_base = {**base, "object": "chat.completion.chunk"}
-        events = _stream(job, first, chunk_base, include_usage, limits)
+        events = _stream(job, first, chunk_base, include_usage, limits, exchange, recorder)
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+        # If the stream never starts (the client left at once), the background task records it.
+        background = None if exchange is None else BackgroundTask(_abandon, job, exchange, recorder)
+        return StreamingResponse(
+            events, media_type="text/event-stream", headers=headers, background=background
+        )
 
     return app
 
@@ -425,32 +575,62 @@ def _usage(result: ChatResult, deltas: int) -> dict[str, int]:
     }
 
 
+def _record_result(exchange: Exchange, result: ChatResult, usage: dict[str, int]) -> None:
+    exchange.prompt_tokens = usage["prompt_tokens"]
+    exchange.completion_tokens = usage["completion_tokens"]
+    exchange.confidence = result.mean_logprob
+
+
+def _abandon(job: _Job, exchange: Exchange, recorder: Recorder) -> None:
+    job.cancelled.set()
+    recorder.finish(exchange, 499, "the client went away")  # no-op when the stream recorded it
+
+
 async def _stream(
-    job: _Job, first: tuple[str, Any], base: dict[str, Any], include_usage: bool, limits: Limits
+    job: _Job,
+    first: tuple[str, Any],
+    base: dict[str, Any],
+    include_usage: bool,
+    limits: Limits,
+    exchange: Exchange | None = None,
+    recorder: Recorder | None = None,
 ) -> AsyncIterator[str]:
     """Server-sent events: a role chunk, content chunks, a finish chunk, [DONE]."""
 
     def chunk(delta: dict[str, str], finish: str | None = None) -> str:
         return _sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
 
+    status, error = 499, "the client went away"  # unless the stream gets to its end
     try:
         yield chunk({"role": "assistant", "content": ""})
         kind, value = first
         count = 0
         while kind == "delta":
+            if exchange is not None:
+                exchange.first_token()
+                exchange.parts.append(value)
             yield chunk({"content": value})
             count += 1
             kind, value = await job.next()
         if kind == "done":
             # At the deadline a stream that has begun ends like a max_tokens cut: "length".
             yield chunk({}, "length" if value.finish_reason == "timeout" else value.finish_reason)
+            usage = _usage(value, count)
             if include_usage:
-                yield _sse({**base, "choices": [], "usage": _usage(value, count)})
+                yield _sse({**base, "choices": [], "usage": usage})
+            if exchange is not None:
+                _record_result(exchange, value, usage)
+            outcome = (200, "timeout" if value.finish_reason == "timeout" else None)
         else:
-            yield _sse(_job_error(kind, value, limits).body())
+            failure = _job_error(kind, value, limits)
+            yield _sse(failure.body())
+            outcome = (failure.status, failure.message)
         yield _sse("[DONE]")
+        status, error = outcome
     finally:
         job.cancelled.set()  # a client that went away stops the generation at the next token
+        if exchange is not None:
+            recorder.finish(exchange, status, error)
 
 
 # --- running it from a notebook ----------------------------------------------------------------
@@ -542,7 +722,7 @@ class ServerHandle:
         raise RuntimeError(f"The server at {self.url} did not answer within {timeout_s:g} s.")
 
     def stop(self) -> None:
-        """Stop serving and free the models this handle loaded; calling it twice is fine."""
+        """Stop serving, free the models it loaded, write the log's last rows; twice is fine."""
         self._server.should_exit = True
         self._thread.join(timeout=10)
         self._sock.close()
@@ -568,8 +748,16 @@ def start_server(
     port: int | None = None,
     api_key: str | None = None,
     limits: Limits = Limits(),
+    *,
+    log: RequestLog | None = None,
+    metrics: ServerMetrics | None = None,
+    registry: AdapterRegistry | None = None,
+    load_version: Callable[[str, Path], Backend] | None = None,
 ) -> ServerHandle:
-    """Serve ``models`` (name -> GGUF path or backend) in a background thread until .stop()."""
+    """Serve ``models`` (name -> GGUF path or backend) in a background thread until .stop().
+
+    ``log``, ``metrics``, ``registry`` and ``load_version``: see :func:`create_app`.
+    """
     import uvicorn
 
     _check_exposure(host, api_key)
@@ -583,7 +771,15 @@ def start_server(
                 backends[name] = owned[-1]
             else:
                 backends[name] = model
-        app = create_app(backends, api_key, limits)
+        app = create_app(
+            backends,
+            api_key,
+            limits,
+            log=log,
+            metrics=metrics,
+            registry=registry,
+            load_version=load_version,
+        )
         sock = _bind(host, port)
     except BaseException:
         for backend in owned:
@@ -597,7 +793,10 @@ def start_server(
         target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="serve-uvicorn"
     )
     thread.start()
-    handle = ServerHandle(server, thread, sock, host, api_key, list(backends), owned)
+    served = list(backends)  # aliases and versions of a registry are listed by /v1/models
+    handle = ServerHandle(
+        server, thread, sock, host, api_key, served, [*owned, *app.state.resources]
+    )
     handle._wait_ready(timeout_s=30)
     return handle
 
