@@ -498,13 +498,16 @@ def _column(page, elem_id: str) -> tuple[list[str], list[str]]:
 def test_chat_ui_in_a_browser(chromium, tiny_gguf, tmp_path, loopback_only):
     from playwright.sync_api import sync_playwright
 
+    from helpers.monitor.log import RequestLog
     from helpers.serve.server import start_server
     from helpers.serve.ui import chat_ui
 
     started = time.monotonic()
     prompt = "你好，请介绍一下你自己"
+    log = RequestLog(tmp_path / "requests.db")
+    models = {"base": tiny_gguf, "tuned": tiny_gguf}
     with (
-        start_server({"base": tiny_gguf, "tuned": tiny_gguf}, port=0, api_key="k") as server,
+        start_server(models, port=0, api_key="k", log=log) as server,
         sync_playwright() as pw,
     ):
         demo = chat_ui(server.url, server.api_key, max_tokens=24)
@@ -525,6 +528,29 @@ def test_chat_ui_in_a_browser(chromium, tiny_gguf, tmp_path, loopback_only):
                 assert len(bots) == 1 and bots[0], f"{elem_id}: no answer"
                 assert not bots[0].startswith((ERROR_PREFIX.strip(), "（")), bots[0]
             assert page.locator("#prompt textarea").input_value() == ""  # cleared for the next
+
+            # 👎 with a correction on the tuned column: the rating lands next to its request.
+            correction = '{"intent": "greeting", "reply": "您好"}'
+            page.locator("#correction-tuned textarea").fill(correction)
+            page.locator("#down-tuned").click()
+            page.wait_for_function(
+                "() => document.querySelector('#feedback-tuned').innerText.includes('recorded')",
+                timeout=10_000,
+            )
+            rated = log.frame().dropna(subset=["feedback_rating"])
+            assert len(rated) == 1 and len(log) == 2, log.frame()
+            assert rated.iloc[0]["feedback_rating"] == -1
+            assert rated.iloc[0]["feedback_correction"] == correction
+            assert rated.iloc[0]["model"] == "tuned" and rated.iloc[0]["prompt"] == prompt
+            assert rated.iloc[0]["id"] in page.locator("#feedback-tuned").inner_text()
+            assert page.locator("#correction-tuned textarea").input_value() == ""
+            page.locator("#up-base").click()
+            page.wait_for_function(
+                "() => document.querySelector('#feedback-base').innerText.includes('recorded')",
+                timeout=10_000,
+            )
+            ratings = log.frame().set_index("model")["feedback_rating"]
+            assert ratings.to_dict() == {"base": 1, "tuned": -1}
             shot = tmp_path / "chat.png"
             page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 1000

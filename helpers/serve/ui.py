@@ -8,6 +8,10 @@ course evaluates. Failed API calls (wrong key, busy server, unknown model) show 
     >>> demo = chat_ui(h.url, h.api_key)  # h = start_server({"base": ..., "tuned": ...})
     >>> url = launch_ui(demo)  # returns at once; demo.close() stops the page
 
+Under each column, 👍 / 👎 and a correction box rate that column's latest answer: they post
+``POST /v1/feedback`` with the answer's response id (the id the server logged), so a server
+started with ``log=RequestLog(...)`` (notebook 07) keeps the rating next to the request.
+
 On AutoDL, ``launch_ui(demo)`` listens on 0.0.0.0:6006, the port the console's 自定义服务
 (custom service) forwards to your browser, behind a login it generates and prints (pass
 ``auth=(user, password)`` to choose one); keep the API server on another port then. Elsewhere
@@ -30,6 +34,8 @@ EMPTY_ANSWER = "*（没有可见的输出 / no visible text; finish_reason={}）
 _NOT_ANSWERS = (ERROR_PREFIX, EMPTY_ANSWER[:3])  # left out of the history sent to the model
 COLUMN_TITLES = ("基座模型 base", "微调模型 fine-tuned")
 ELEM_IDS = ("chat-base", "chat-tuned")  # stable DOM ids of the two chat columns
+# Feedback controls of column i: f"{kind}-{ELEM_IDS[i][5:]}", kind "up", "down",
+# "correction" or "feedback" (the status line), e.g. "down-tuned".
 
 _HINTS = {
     400: "The server refused the request (its message says why), e.g. max tokens above its "
@@ -109,8 +115,8 @@ def _stream_answer(
     messages: list[dict[str, str]],
     max_tokens: int,
     stop: threading.Event,
-) -> Iterator[tuple[str, str | None]]:
-    """(text piece, finish_reason) pairs of one streamed, greedy chat completion."""
+) -> Iterator[tuple[str, str | None, str]]:
+    """(text piece, finish_reason, response id) of one streamed, greedy chat completion."""
     stream = client.chat.completions.create(
         model=model, messages=messages, max_tokens=max_tokens, temperature=0, stream=True
     )
@@ -120,7 +126,7 @@ def _stream_answer(
                 return
             if chunk.choices:
                 choice = chunk.choices[0]
-                yield choice.delta.content or "", choice.finish_reason
+                yield choice.delta.content or "", choice.finish_reason, chunk.id
 
 
 def chat_ui(
@@ -154,6 +160,7 @@ def chat_ui(
     # Each holds the Event that Clear sets to stop (or never start) that answer.
     waiting: dict[str, threading.Event] = {}
     answering: dict[str, threading.Event] = {}
+    answer_ids: dict[str, list[str | None]] = {}  # the response id of each column's last answer
 
     def ask(message: str, history_a: list, history_b: list, request: gr.Request) -> tuple:
         """Puts the question into both columns at once and locks the textbox until answered."""
@@ -161,6 +168,7 @@ def chat_ui(
         if not message:
             return gr.skip()
         waiting[request.session_hash] = threading.Event()
+        answer_ids[request.session_hash] = [None, None]
         question = {"role": "user", "content": message}
         locked = gr.Textbox(value="", interactive=False)
         return [*(history_a or []), question], [*(history_b or []), dict(question)], locked
@@ -179,6 +187,7 @@ def chat_ui(
             yield gr.skip()  # no new question, or Clear came first
             return
         answering[request.session_hash] = stop
+        ids = answer_ids.setdefault(request.session_hash, [None, None])
         question = {"role": "user", "content": _text(histories[0][-1]["content"])}
         requests = [[*_api_messages(h[:-1], system), question] for h in histories]
         shown = [[*h, {"role": "assistant", "content": ""}] for h in histories]
@@ -188,9 +197,10 @@ def chat_ui(
             """Puts column ``i``'s pieces, then its end (an error text or a finish reason)."""
             finish = None
             try:
-                for piece, reason in _stream_answer(
+                for piece, reason, response_id in _stream_answer(
                     client, models[i], requests[i], int(limit), stop
                 ):
+                    ids[i] = response_id
                     finish = reason or finish
                     if piece:
                         events.put((i, "piece", piece))
@@ -237,7 +247,34 @@ def chat_ui(
             stop = pending.pop(request.session_hash, None)
             if stop is not None:
                 stop.set()
+        answer_ids.pop(request.session_hash, None)
         return [], [], ""
+
+    def rate(i: int, rating: str, correction: str, request: gr.Request) -> tuple:
+        """Posts column ``i``'s rating of its latest answer; a status line and an empty box."""
+        response_id = answer_ids.get(request.session_hash, [None, None])[i]
+        if response_id is None:
+            return f"{ERROR_PREFIX}No answer to rate yet: send a prompt first.", correction
+        body = {"request_id": response_id, "rating": rating}
+        if rating == "down" and (correction or "").strip():
+            body["correction"] = correction.strip()
+        try:
+            client.post("/feedback", body=body, cast_to=object)
+        except openai.APIStatusError as exc:
+            detail = exc.body.get("message") if isinstance(exc.body, dict) else exc.message
+            return f"{ERROR_PREFIX}HTTP {exc.status_code}: {detail}", correction
+        except openai.APIError as exc:
+            return _error_text(models[i], exc, base_url), correction
+        thumb = "👍" if rating == "up" else "👎"
+        return f"✓ {thumb} recorded for `{response_id}`", ""
+
+    def rater(i: int, rating: str):
+        """``rate`` for one button (Gradio finds gr.Request by annotation, not through partial)."""
+
+        def rate_answer(correction: str, request: gr.Request) -> tuple:
+            return rate(i, rating, correction, request)
+
+        return rate_answer
 
     with gr.Blocks(title="Base vs fine-tuned", analytics_enabled=False) as demo:
         gr.Markdown(
@@ -260,6 +297,24 @@ def chat_ui(
                             feedback_options=None,
                         )
                     )
+                    column = elem_id.removeprefix("chat-")
+                    with gr.Row():
+                        up = gr.Button("👍", scale=0, min_width=60, elem_id=f"up-{column}")
+                        down = gr.Button("👎", scale=0, min_width=60, elem_id=f"down-{column}")
+                        correction = gr.Textbox(
+                            placeholder="更正（可选，随 👎 发送）/ correction, sent with 👎",
+                            show_label=False,
+                            scale=4,
+                            elem_id=f"correction-{column}",
+                        )
+                    status = gr.Markdown(elem_id=f"feedback-{column}")
+                    for button, rating in ((up, "up"), (down, "down")):
+                        button.click(
+                            rater(len(chats) - 1, rating),
+                            [correction],
+                            [status, correction],
+                            queue=False,
+                        )
         with gr.Row():
             box = gr.Textbox(
                 placeholder="输入问题，回车发送 / type a prompt, Enter sends",
