@@ -32,7 +32,12 @@ RENAMED = {
     "max_seq_length": "max_length (TRL SFTConfig)",
     "evaluation_strategy": "eval_strategy (transformers TrainingArguments)",
     "tokenizer": "processing_class (Trainer / SFTTrainer)",
+    "max_prompt_length": "max_length (TRL 1.x DPOConfig: one limit for prompt + answer)",
+    "max_completion_length": "max_length (TRL 1.x DPOConfig: one limit for prompt + answer)",
+    "rpo_alpha": 'loss_type=["sigmoid", "sft"] (TRL 1.x DPOConfig)',
+    "ref_adapter_name": 'nothing: TRL 1.x names the reference adapter "ref" itself',
 }
+TRAINER_NAMES = {"from_pretrained", "SFTTrainer", "Trainer", "SFTConfig", "DPOConfig", "DPOTrainer"}
 
 
 def _python_line(line: str) -> str:
@@ -124,6 +129,7 @@ def test_the_scan_sees_the_course_code():
     assert "from_pretrained" in names
     # 03 builds these in plain view; helpers.sft adds the early-stopping callback
     assert {"LoraConfig", "SFTConfig", "CourseSFTTrainer", "EarlyStoppingCallback"} <= names
+    assert {"DPOConfig", "DPOTrainer"} <= names  # 10 builds them in plain view, helpers.dpo too
     labels = {label for label, _, _, _ in _calls()}
     assert set(SCANNED) <= labels
 
@@ -151,7 +157,7 @@ def test_no_renamed_keywords_anywhere():
         f"{label}:{line} {name}({k}=...) -> use {RENAMED[k]}"
         for label, line, name, keywords in _calls()
         for k in keywords
-        if k in RENAMED and name in {"from_pretrained", "SFTTrainer", "Trainer", "SFTConfig"}
+        if k in RENAMED and name in TRAINER_NAMES
     ]
     assert not found, "\n".join(found)
 
@@ -168,6 +174,24 @@ def test_the_checker_catches_a_renamed_argument(bad):
     """The checker itself must be able to fail: old names are rejected by the signatures."""
     allowed = _allowed_keywords(trl.SFTConfig)
     assert bad not in allowed and "max_length" in allowed
+
+
+@pytest.mark.parametrize("bad", ["max_prompt_length", "max_completion_length", "rpo_alpha"])
+def test_the_checker_catches_a_removed_dpo_argument(bad):
+    """Older DPO tutorials pass these; TRL 1.x's DPOConfig has none of them."""
+    allowed = _allowed_keywords(trl.DPOConfig)
+    assert bad not in allowed and {"max_length", "beta", "loss_type"} <= allowed
+
+
+def test_what_helpers_dpo_relies_on_in_dpo_trainer_still_exists():
+    """helpers.dpo: a PeftModel and no ref_model give a frozen "ref" copy of the adapter (the
+    reference without a second base model), and reward_history reads these logged metrics."""
+    source = inspect.getsource(trl.DPOTrainer)
+    assert 'model.add_adapter("ref", default_config)' in source
+    assert 'adapter_name="ref" if "ref" in' in source  # the reference forward uses it
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"):
+        assert f'"{key}"' in source, key
+    assert {"ipo", "sft", "sigmoid"} <= set(inspect.getsource(trl.DPOConfig).split("'"))
 
 
 def test_the_hooks_course_sft_trainer_overrides_still_exist():
