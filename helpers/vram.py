@@ -59,7 +59,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 GB = 1024**3  # bytes; nvidia-smi's "MiB" and torch both count in powers of two
@@ -206,6 +206,9 @@ KNOWN_SHAPES: dict[str, ModelShape] = {  # values from each model's config.json 
         _qwen25("Qwen/Qwen2.5-1.5B-Instruct", 1536, 28, 12, 2, 8960, 151936, True),
         _qwen25("Qwen/Qwen2.5-3B-Instruct", 2048, 36, 16, 2, 11008, 151936, True),
         _qwen25("Qwen/Qwen2.5-7B-Instruct", 3584, 28, 28, 4, 18944, 152064, False),
+        _qwen25("Qwen/Qwen2.5-14B-Instruct", 5120, 48, 40, 8, 13824, 152064, False),
+        _qwen25("Qwen/Qwen2.5-32B-Instruct", 5120, 64, 40, 8, 27648, 152064, False),
+        _qwen25("Qwen/Qwen2.5-72B-Instruct", 8192, 80, 64, 8, 29568, 152064, False),
         ModelShape("google/gemma-3-270m", 640, 18, 4, 1, 256, 2048, 262144, True, False, 4, True),
     )
 }
@@ -472,3 +475,94 @@ def plot_breakdown(estimates: dict[str, VramEstimate], vram_gb: float | None = N
     ax.invert_yaxis()
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")  # outside the bars
     return ax
+
+
+# ---------------------------------------------------------------------------- N devices
+
+STRATEGIES = ("ddp", "zero1", "zero2", "zero3", "fsdp")
+OFFLOADABLE = ("zero2", "zero3", "fsdp")  # DeepSpeed offload_optimizer / FSDP offload_params
+
+
+def _layer_weight_bytes(est: VramEstimate) -> tuple[int, int]:
+    """(bytes of one decoder layer's weights, bytes of the embedding) as ``est`` stores them."""
+    counts, a = est.shape.param_counts(), DTYPE_BYTES[est.plan.dtype]
+    embedding = counts["embedding"] * a
+    outside = (counts["embedding"] + counts["lm_head"] + est.shape.hidden_size) * a
+    return round((est.weights - outside) / est.shape.num_layers), embedding
+
+
+def estimate_sharded(
+    shape: ModelShape,
+    plan: TrainingPlan,
+    strategy: str = "ddp",
+    n_devices: int = 1,
+    offload: bool = False,
+    **kwargs: Any,
+) -> VramEstimate:
+    """Peak memory of ONE device when ``n_devices`` train together with ``strategy``.
+
+    Starts from :func:`estimate_vram` (one device, everything resident) and divides what the
+    strategy shards: ddp nothing (every device holds everything); zero1 the optimizer states;
+    zero2 also the gradients; zero3 and fsdp (FSDP2 full shard) also the weights and adapters,
+    plus two layers gathered whole (the one computing and the one prefetched; the embedding
+    when it is larger). ``offload`` moves the optimizer states (zero2) and also the weight
+    shards (zero3, fsdp) to CPU RAM. Activations and logits stay: each device runs its own
+    micro-batch (sequence parallelism is what splits those).
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if n_devices < 1:
+        raise ValueError(f"n_devices must be >= 1, got {n_devices}")
+    if offload and strategy not in OFFLOADABLE:
+        raise ValueError(f"offload needs one of {OFFLOADABLE} (ddp/zero1 keep all on the GPU)")
+    est = estimate_vram(shape, plan, **kwargs)
+    n, parts = n_devices, {}
+    if strategy != "ddp":
+        parts["optimizer_states"] = 0 if offload else -(-est.optimizer_states // n)
+    if strategy in ("zero2", "zero3", "fsdp"):
+        parts["gradients"] = -(-est.gradients // n)
+    if strategy in ("zero3", "fsdp"):
+        layer, embedding = _layer_weight_bytes(est)
+        gathered = 2 * max(layer, embedding) if n > 1 or offload else 0
+        parts["weights"] = (0 if offload else -(-est.weights // n)) + gathered
+        parts["adapter_weights"] = -(-est.adapter_weights // n)
+    fields = {k: parts.get(k, getattr(est, k)) for k in list(EXPLANATIONS)[:6]}
+    fraction = est.fragmentation / max(1, est.allocated_bytes)  # the same share of allocated
+    return replace(est, fragmentation=round(sum(fields.values()) * fraction), **fields)
+
+
+def multi_device_table(
+    shapes: Mapping[str, ModelShape],
+    plan_for: Mapping[str, TrainingPlan],
+    devices: tuple[int, ...] = (1, 2, 4, 8),
+    vram_gb: float = 24.0,
+    strategies: tuple[tuple[str, bool], ...] = (
+        ("ddp", False),
+        ("zero2", False),
+        ("zero3", False),
+        ("zero3", True),
+    ),
+):  # -> pandas.DataFrame
+    """GB per device for each model x method x device count x (strategy, offload); fits marked.
+
+    One row per (model, method, devices); one column per strategy ("zero3+offload" for
+    offload), plus ``fastest fit``: the first strategy in ``strategies`` order that fits
+    ``vram_gb`` (the order is from least to most communication).
+    """
+    import pandas as pd
+
+    rows = []
+    for label, shape in shapes.items():
+        for method, plan in plan_for.items():
+            for n in devices:
+                row: dict[str, Any] = {"model": label, "method": method, "GPUs": n}
+                best = None
+                for strategy, offload in strategies:
+                    name = strategy + ("+offload" if offload else "")
+                    est = estimate_sharded(shape, plan, strategy, n, offload)
+                    row[name] = round(est.total_gb, 1)
+                    if best is None and est.fits(vram_gb):
+                        best = name
+                row["fastest fit"] = best or "does not fit"
+                rows.append(row)
+    return pd.DataFrame(rows)

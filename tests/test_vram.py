@@ -314,3 +314,63 @@ def test_profiles_and_plot():
     ax = plot_breakdown({"t4": t4, "small": estimate_vram(SMALL, plan())}, vram_gb=15.0)
     assert len(ax.patches) == 2 * 8  # 8 components x 2 plans
     assert ax.lines and ax.lines[0].get_xdata()[0] == 15.0
+
+
+# ---------------------------------------------------------------------------- N devices
+
+
+def _plan_7b(method="qlora"):
+    from helpers.vram import TrainingPlan
+
+    return TrainingPlan(method, seq_len=1024, batch_size=1, gradient_checkpointing=True)
+
+
+def test_sharding_divides_what_each_strategy_shards():
+    from helpers.vram import estimate_sharded
+
+    shape, plan = KNOWN_SHAPES["Qwen/Qwen2.5-7B-Instruct"], _plan_7b("lora")
+    one = estimate_vram(shape, plan)
+    assert estimate_sharded(shape, plan, "ddp", 8).total_bytes == one.total_bytes
+    z1, z2, z3 = (estimate_sharded(shape, plan, s, 4) for s in ("zero1", "zero2", "zero3"))
+    assert z1.optimizer_states == -(-one.optimizer_states // 4) and z1.gradients == one.gradients
+    assert z2.gradients == -(-one.gradients // 4) and z2.weights == one.weights
+    assert one.weights / 4 < z3.weights < one.weights / 2  # a quarter + two gathered layers
+    assert z3.activations == one.activations  # each GPU still runs its own micro-batch
+    off = estimate_sharded(shape, plan, "zero3", 4, offload=True)
+    assert off.optimizer_states == 0 and off.weights < z3.weights
+    assert estimate_sharded(shape, plan, "zero3", 1).total_bytes == one.total_bytes
+
+
+def test_sharding_arguments_are_checked():
+    from helpers.vram import estimate_sharded
+
+    shape, plan = KNOWN_SHAPES["Qwen/Qwen2.5-7B-Instruct"], _plan_7b()
+    with pytest.raises(ValueError, match="strategy"):
+        estimate_sharded(shape, plan, "zero4", 2)
+    with pytest.raises(ValueError, match="offload"):
+        estimate_sharded(shape, plan, "ddp", 2, offload=True)
+    with pytest.raises(ValueError, match="n_devices"):
+        estimate_sharded(shape, plan, "ddp", 0)
+
+
+def test_the_table_names_the_fastest_strategy_that_fits():
+    from helpers.vram import multi_device_table
+
+    shapes = {k: KNOWN_SHAPES[f"Qwen/Qwen2.5-{k}-Instruct"] for k in ("7B", "72B")}
+    table = multi_device_table(shapes, {"qlora": _plan_7b(), "lora": _plan_7b("lora")})
+    best = table.set_index(["model", "method", "GPUs"])["fastest fit"]
+    assert best["7B", "qlora", 1] == "ddp"  # 03's 24g run: one card is enough
+    assert best["72B", "lora", 8] == "zero3+offload"  # 145 GB of bf16 weights / 8 > 24 GB
+    assert (table["zero3"] <= table["ddp"]).all()
+
+
+def test_step_traffic_lora_all_reduce_is_small_next_to_zero3_gathers():
+    from helpers.multi_gpu import step_traffic
+
+    shape, plan = KNOWN_SHAPES["Qwen/Qwen2.5-7B-Instruct"], _plan_7b("lora")
+    ddp = step_traffic(shape, plan, "ddp", 2)
+    zero3 = step_traffic(shape, plan, "zero3", 2)
+    assert step_traffic(shape, plan, "ddp", 1)["GB_per_gpu"] == 0
+    assert ddp["GB_per_gpu"] < 0.5 < 10 < zero3["GB_per_gpu"]  # MB of LoRA grads vs 15 GB x 2
+    four = step_traffic(shape, plan, "zero3", 2, grad_accum=4)["GB_per_gpu"]
+    assert four == pytest.approx(4 * zero3["GB_per_gpu"])  # gathers repeat every micro-step
