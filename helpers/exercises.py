@@ -535,3 +535,47 @@ def check_07_2(answer: float | None, model, tokenizer, profile, r2_test_replies)
     )
     print(f"✅ 不混旧数据：测试集字段准确率 {measured:.3f}；混了旧数据的第二轮：{r2:.3f}。")
     return True
+
+
+def check_10_1(answer: float | None, margin: float) -> bool:
+    """10 练习 1: the DPO (sigmoid) loss of one pair from its reward margin."""
+    import math
+
+    if _unanswered(answer):
+        return False
+    expected = math.log1p(math.exp(-margin))  # -log sigmoid(margin), computed stably
+    assert math.isclose(answer, expected, rel_tol=1e-6, abs_tol=1e-9), (
+        f"{answer} 不对。提示：DPO 的损失是 -log σ(margin)，σ(x) = 1 / (1 + e^(-x))；"
+        "margin 已经乘过 beta，不要再乘一次。"
+    )
+    print(f"✅ 正确：margin {margin:.3f} 时损失 {expected:.4f}（margin = 0 时是 ln 2 ≈ 0.693）。")
+    return True
+
+
+def check_10_2(model, tokenizer, pairs, reference_logps, main_summary, beta, profile) -> bool:
+    """10 练习 2: DPO + an SFT term on chosen keeps the chosen reward higher than DPO alone.
+
+    ``model`` was trained like the notebook's main run with ``loss_type=["sigmoid", "sft"]``;
+    ``main_summary`` is the main run's held-out :func:`helpers.dpo.reward_summary`. On real
+    weights the chosen reward must end higher than the main run's while the margin stays
+    positive; on random weights (tiny) only the change is checked. An unchanged rerun fails.
+    """
+    if _unanswered(model):
+        return False
+    from helpers.dpo import pair_logps, reward_summary, reward_table
+
+    mine = reward_summary(reward_table(pair_logps(model, tokenizer, pairs), reference_logps, beta))
+    before, after = main_summary["reward_chosen"], mine["reward_chosen"]
+    hint = (
+        f"留出偏好对上 chosen 的平均奖励：只用 DPO {before:.3f}，你的实验 {after:.3f}。"
+        '提示：按主实验的配置重新训练，只把 loss_type 改成 ["sigmoid", "sft"]'
+        "（DPO 加上 chosen 答案的 SFT 损失）。"
+    )
+    assert abs(after - before) > 1e-4, hint  # an unchanged rerun gives the same model
+    if profile.real_weights:
+        assert after > before, hint
+        assert mine["margin"] > 0, f"margin {mine['margin']:.3f} 不再为正：SFT 项的权重太大了。"
+    else:
+        print("随机权重：只检查训练确实变了，方向要在真实模型上看。")
+    print(f"✅ chosen 的奖励 {before:.3f} -> {after:.3f}，margin {mine['margin']:.3f}")
+    return True

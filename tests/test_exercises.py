@@ -290,3 +290,53 @@ def test_06_exercises_check_auth_headers_against_a_server_and_p95():
     assert exercises.check_06_2(float(np.percentile(latencies, 95)), latencies)
     with pytest.raises(AssertionError):
         exercises.check_06_2(max(latencies), latencies)
+
+
+def test_10_1_checks_the_dpo_loss_from_the_margin():
+    import math
+
+    assert exercises.check_10_1(None, 0.0) is False
+    assert exercises.check_10_1(math.log(2), 0.0)
+    assert exercises.check_10_1(math.log(1 + math.exp(-1.5)), 1.5)
+    with pytest.raises(AssertionError, match="不要再乘"):
+        exercises.check_10_1(math.log(1 + math.exp(-0.15)), 1.5)  # beta applied twice
+
+
+def test_10_2_sees_the_sft_term_keep_the_chosen_reward(tiny_dir, tmp_path, monkeypatch):
+    from helpers import dpo, models, preference, sft
+    from helpers.data import load_split
+    from helpers.profiles import get_profile
+
+    monkeypatch.setenv(models.CACHE_ENV_VAR, str(tiny_dir.parent))  # load_model finds this one
+    profile = get_profile("tiny")
+    model, tokenizer = models.load_model(profile, tiny_dir)
+    rows, _ = sft.training_rows(profile)
+    trainer = sft.make_trainer(
+        model, tokenizer, rows, None, profile, tmp_path / "sft", save_strategy="no", max_steps=4
+    )
+    trainer.train()
+    sft.save_adapter(trainer, tmp_path / "adapter")
+    prompts = load_split("train")[-8:]
+    pairs = preference.build_pairs(prompts, [["{"] for _ in prompts], profile)
+    held, train = pairs[:3], pairs[3:]
+
+    def run(name, **overrides):
+        policy, _ = dpo.load_sft_policy(profile, tmp_path / "adapter")
+        out = dpo.make_dpo_trainer(policy, tokenizer, train, profile, tmp_path / name, **overrides)
+        out.train()
+        return out.model
+
+    reference = dpo.pair_logps(
+        dpo.load_sft_policy(profile, tmp_path / "adapter")[0], tokenizer, held
+    )
+    main = run("main", report_to=[])
+    summary = dpo.reward_summary(
+        dpo.reward_table(dpo.pair_logps(main, tokenizer, held), reference, 0.1)
+    )
+    assert exercises.check_10_2(None, tokenizer, held, reference, summary, 0.1, profile) is False
+    with pytest.raises(AssertionError, match="提示"):  # the learner's change not made
+        exercises.check_10_2(
+            run("rerun", report_to=[]), tokenizer, held, reference, summary, 0.1, profile
+        )
+    rpo = run("rpo", report_to=[], loss_type=["sigmoid", "sft"])
+    assert exercises.check_10_2(rpo, tokenizer, held, reference, summary, 0.1, profile)
