@@ -63,15 +63,32 @@ ARTIFACTS = {
     "adapter": ("03", "adapters/{profile}/adapter_config.json"),
     "results": ("04", "eval/results_{profile}.json"),
     "gguf": ("05", "gguf/{profile}/model-q4_k_m.gguf"),
+    "preference_pairs": ("10", "preference/train.trl.jsonl"),
 }
 # What each notebook cannot run without (01-03 fall back to the shipped data and re-measure).
-NEEDS = {"04": ("adapter",), "05": ("adapter", "results"), "06": ("gguf",), "07": ("adapter",)}
+NEEDS = {
+    "04": ("adapter",),
+    "05": ("adapter", "results"),
+    "06": ("gguf",),
+    "07": ("adapter",),
+    "10": ("adapter",),
+}
 # Minutes per notebook and profile: measured for tiny and cpu-demo (README), estimated on GPUs.
 MINUTES = {
-    "tiny": {"00": 1, "01": 1, "02": 1, "03": 1, "04": 1, "05": 1, "06": 1, "07": 2},
-    "cpu-demo": {"00": 1, "01": 1, "02": 3, "03": 12, "04": 13, "05": 10, "06": 2, "07": 15},
-    "t4": {"00": 5, "01": 2, "02": 4, "03": 22, "04": 32, "05": 20, "06": 10, "07": 15},
-    "24g": {"00": 15, "01": 2, "02": 5, "03": 30, "04": 38, "05": 30, "06": 15, "07": 20},
+    "tiny": {"00": 1, "01": 1, "02": 1, "03": 1, "04": 1, "05": 1, "06": 1, "07": 2, "10": 2},
+    "cpu-demo": {
+        "00": 1,
+        "01": 1,
+        "02": 3,
+        "03": 12,
+        "04": 13,
+        "05": 10,
+        "06": 2,
+        "07": 15,
+        "10": 25,
+    },
+    "t4": {"00": 5, "01": 2, "02": 4, "03": 22, "04": 32, "05": 20, "06": 10, "07": 15, "10": 40},
+    "24g": {"00": 15, "01": 2, "02": 5, "03": 30, "04": 38, "05": 30, "06": 15, "07": 20, "10": 60},
 }
 
 
