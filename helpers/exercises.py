@@ -579,3 +579,34 @@ def check_10_2(model, tokenizer, pairs, reference_logps, main_summary, beta, pro
         print("随机权重：只检查训练确实变了，方向要在真实模型上看。")
     print(f"✅ chosen 的奖励 {before:.3f} -> {after:.3f}，margin {mine['margin']:.3f}")
     return True
+
+
+def check_11_1(answer: float | None, shape, plan, n_devices: int) -> bool:
+    """11 练习 1: GB each GPU sends per optimizer step when DDP all-reduces the LoRA gradients."""
+    from helpers.multi_gpu import step_traffic
+
+    if _unanswered(answer):
+        return False
+    expected = step_traffic(shape, plan, "ddp", n_devices)["GB_per_gpu"]
+    assert abs(answer - expected) <= 0.02 * expected, (
+        f"{answer} 不对。提示：LoRA 可训练参数个数 × 4 字节（fp32 梯度）× 2(n-1)/n，"
+        "再除以 2**30（vram.estimate_vram(...).trainable_params 给出参数个数）。"
+    )
+    print(f"✅ 正确：每步每卡发送约 {expected * 1024:.0f} MB，PCIe 上不到 0.1 秒。")
+    return True
+
+
+def check_11_2(answer: tuple | None, table, vram_gb: float = 24.0) -> bool:
+    """11 练习 2: the fewest GPUs, and a strategy, for 16-bit LoRA on Qwen2.5-32B, no offload."""
+    if _unanswered(answer):
+        return False
+    rows = table[(table["model"] == "32B") & (table["method"] == "lora")].set_index("GPUs")
+    no_offload = [c for c in ("ddp", "zero2", "zero3") if c in rows.columns]
+    fewest = min(n for n, row in rows.iterrows() if (row[no_offload] <= vram_gb).any())
+    n, strategy = answer
+    assert n == fewest, f"{n} 块不对：看 32B / lora 的行，不带 offload 的列里最早放得下的是几块卡。"
+    assert strategy in no_offload and rows.loc[n, strategy] <= vram_gb, (
+        f"{strategy} 在 {n} 块卡上每卡要 {rows.loc[n, strategy]} GB，放不下 {vram_gb:g} GB。"
+    )
+    print(f"✅ 正确：{n} 块 {vram_gb:g} GB 的卡用 {strategy}，每卡约 {rows.loc[n, strategy]} GB。")
+    return True

@@ -340,3 +340,28 @@ def test_10_2_sees_the_sft_term_keep_the_chosen_reward(tiny_dir, tmp_path, monke
         )
     rpo = run("rpo", report_to=[], loss_type=["sigmoid", "sft"])
     assert exercises.check_10_2(rpo, tokenizer, held, reference, summary, 0.1, profile)
+
+
+def test_11_1_checks_the_ddp_all_reduce_of_lora_gradients():
+    from helpers.vram import KNOWN_SHAPES, TrainingPlan, estimate_vram
+
+    shape = KNOWN_SHAPES["Qwen/Qwen2.5-7B-Instruct"]
+    plan = TrainingPlan("qlora", seq_len=1024, batch_size=1, lora_r=16)
+    trainable = estimate_vram(shape, plan).trainable_params
+    assert exercises.check_11_1(None, shape, plan, 4) is False
+    assert exercises.check_11_1(trainable * 4 * 2 * 3 / 4 / 2**30, shape, plan, 4)
+    with pytest.raises(AssertionError, match="fp32"):
+        exercises.check_11_1(trainable * 2 * 2 * 3 / 4 / 2**30, shape, plan, 4)  # bf16 bytes
+
+
+def test_11_2_checks_the_fewest_gpus_for_32b_lora():
+    from helpers.vram import KNOWN_SHAPES, TrainingPlan, multi_device_table
+
+    plan = TrainingPlan("lora", seq_len=1024, batch_size=1, gradient_checkpointing=True)
+    table = multi_device_table({"32B": KNOWN_SHAPES["Qwen/Qwen2.5-32B-Instruct"]}, {"lora": plan})
+    assert exercises.check_11_2(None, table) is False
+    assert exercises.check_11_2((4, "zero3"), table)
+    with pytest.raises(AssertionError, match="块不对"):
+        exercises.check_11_2((2, "zero3"), table)
+    with pytest.raises(AssertionError, match="放不下"):
+        exercises.check_11_2((4, "ddp"), table)
