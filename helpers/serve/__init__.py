@@ -8,7 +8,9 @@
 
 ``server`` serves GGUF files (``backend``: llama-cpp-python, sandboxed chat templates) on
 CPU and builds the ``vllm serve`` command for GPUs (``vllm_command``); ``loadtest`` measures
-latency under concurrent load.
+latency under concurrent load (and posts feedback in parallel: ``feedback=0.5``).
+Notebook 07 monitors the same server: ``start_server(..., log=RequestLog(path),
+metrics=ServerMetrics(), registry=AdapterRegistry(path), load_version=...)`` (``helpers.monitor``).
 ``ui``: ``chat_ui``, ``launch_ui`` (base vs tuned side by side); ``ollama``: ``write_modelfile``.
 """
 
