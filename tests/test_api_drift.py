@@ -204,3 +204,33 @@ def test_the_hooks_course_sft_trainer_overrides_still_exist():
     source = inspect.getsource(trl.SFTTrainer.compute_loss)
     for name in ("entropy", "mean_token_accuracy", "_total_train_tokens", "num_items_in_batch"):
         assert name in source, name  # CourseSFTTrainer logs these as TRL does
+
+
+def test_what_notebook_11_relies_on_in_accelerate_deepspeed_and_the_trainer_still_exists():
+    """helpers.multi_gpu reads the configs through accelerate launch's own steps and plugins;
+    helpers.train_cli and 11 set these SFTConfig fields by name (``--set``, overrides)."""
+    from accelerate.commands import launch
+    from accelerate.utils import (
+        DeepSpeedPlugin,
+        FullyShardedDataParallelPlugin,
+        prepare_deepspeed_cmd_env,
+        prepare_multi_gpu_env,
+    )
+    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
+
+    for step in (launch._validate_launch_command, prepare_deepspeed_cmd_env, prepare_multi_gpu_env):
+        assert list(inspect.signature(step).parameters) == ["args"], step
+    assert "deepspeed_fields_from_accelerate_config" in inspect.getsource(launch.launch_command)
+    finalize = inspect.signature(HfTrainerDeepSpeedConfig.trainer_config_finalize).parameters
+    assert list(finalize) == ["self", "args", "model", "num_training_steps"]
+    fsdp = {f.name for f in dataclasses.fields(FullyShardedDataParallelPlugin)}
+    assert {"fsdp_version", "reshard_after_forward", "state_dict_type"} <= fsdp
+    deepspeed = {f.name for f in dataclasses.fields(DeepSpeedPlugin)}
+    assert {"zero_stage", "offload_optimizer_device", "offload_param_device"} <= deepspeed
+    assert {"zero3_init_flag", "zero3_save_16bit_model", "gradient_clipping"} <= deepspeed
+    fields = {f.name for f in dataclasses.fields(trl.SFTConfig)}
+    by_name = {"activation_checkpointing_kwargs", "ddp_find_unused_parameters", "ddp_static_graph"}
+    assert by_name | {"fsdp", "fsdp_config", "eval_on_start", "save_strategy"} <= fields
+    # transformers asks DDP to search for unused parameters on a PeftModel (11, section 4)
+    source = inspect.getsource(transformers.Trainer._build_accelerator_args)
+    assert "isinstance(self.model, PreTrainedModel)" in source and "find_unused = True" in source
