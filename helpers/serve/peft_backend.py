@@ -83,7 +83,7 @@ class PeftBackend:
             )
         return list(ids)
 
-    def generate(self, version, messages, *, max_tokens, temperature, top_p, stop, deadline):
+    def stream(self, version, messages, *, max_tokens, temperature, top_p, stop, deadline):
         """Text deltas, then a ChatResult with the mean log-probability of the chosen tokens."""
         import contextlib
 
@@ -169,7 +169,7 @@ class AdapterView:
         stop: list[str],
         deadline: float,
     ) -> Iterator[str | ChatResult]:
-        return self.owner.generate(
+        return self.owner.stream(
             self.version,
             messages,
             max_tokens=max_tokens,

@@ -721,6 +721,14 @@ class ServerHandle:
         self.stop()
         raise RuntimeError(f"The server at {self.url} did not answer within {timeout_s:g} s.")
 
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until every request answered so far is in the log and the metrics.
+
+        Rows are written by a background thread; call this before reading ``log.frame()``
+        right after a request. False when the writer did not catch up within ``timeout_s``.
+        """
+        return all(r.flush(timeout_s) for r in self._owned if hasattr(r, "flush"))
+
     def stop(self) -> None:
         """Stop serving, free the models it loaded, write the log's last rows; twice is fine."""
         self._server.should_exit = True
