@@ -292,6 +292,58 @@ def test_06_exercises_check_auth_headers_against_a_server_and_p95():
         exercises.check_06_2(max(latencies), latencies)
 
 
+def test_07_1_measures_the_looser_threshold_on_the_log():
+    import pandas as pd
+
+    right = '{"intent":"refund","order_id":null,"product":null,"amount":null,"sentiment":"neutral","urgency":"low"}'  # noqa: E501
+    log = pd.DataFrame(
+        {
+            "traffic_id": ["d1-1", "d1-2", "d1-3", "d1-4", "d2-1", "d2-2", "d2-3"],
+            "day": [1, 1, 1, 1, 2, 2, 2],
+            "status": [200] * 7,
+            "confidence": [-0.1, -0.2, -0.3, -0.4, -0.25, -0.5, -0.35],
+            "output": [right, right, right, "prose", right, "prose", right],
+        }
+    )
+    truth = {t: right for t in log["traffic_id"]} | {"d2-3": None}
+    precision, n = exercises.low_confidence_precision(log, truth, 0.5)
+    assert (n, precision) == (3, 2 / 3)  # below -0.25: d1-4 (wrong), d2-2 (wrong), d1-3 (right)
+    assert exercises.check_07_1(None, 0.5, log, truth) is False
+    assert exercises.check_07_1(precision, 0.5, log, truth)
+    with pytest.raises(AssertionError, match="0.1"):
+        exercises.check_07_1(precision, 0.1, log, truth)
+    with pytest.raises(AssertionError, match="不对"):
+        exercises.check_07_1(0.5, 0.5, log, truth)
+
+
+def test_07_2_needs_a_model_that_answers_differently(tiny_dir):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from helpers.data.course import score_answers
+    from helpers.evaluation import eval_sets, generate_batch, prompt_messages
+    from helpers.models import load_model
+    from helpers.profiles import get_profile
+
+    profile = get_profile("tiny")
+    model, tokenizer = load_model(profile, path=tiny_dir)
+    rows = eval_sets(profile)["main_test"]
+    prompts = [prompt_messages(r, profile) for r in rows]
+    same = generate_batch(model, tokenizer, prompts, profile.max_new_tokens, progress=False)
+    with pytest.raises(AssertionError, match="一模一样"):
+        exercises.check_07_2(0.0, model, tokenizer, profile, same)
+    torch.manual_seed(0)
+    config = LoraConfig(r=8, target_modules="all-linear", init_lora_weights=False)
+    other = get_peft_model(model, config)
+    replies = generate_batch(other, tokenizer, prompts, profile.max_new_tokens, progress=False)
+    scores = score_answers(replies, [r["messages"][-1]["content"] for r in rows])
+    accuracy = sum(v for k, v in scores.items() if k.startswith("field_")) / 6
+    assert exercises.check_07_2(accuracy, other, tokenizer, profile, same)
+    with pytest.raises(AssertionError, match="不一致"):
+        exercises.check_07_2(accuracy + 0.5, other, tokenizer, profile, same)
+    assert exercises.check_07_2(None, other, tokenizer, profile, same) is False
+
+
 def test_10_1_checks_the_dpo_loss_from_the_margin():
     import math
 
