@@ -35,7 +35,12 @@ from typing import Any
 from unittest import mock
 
 from helpers.profiles import Profile
-from helpers.sft import apply_dtype_policy, default_report_to, tensorboard_dir
+from helpers.sft import (
+    apply_dtype_policy,
+    default_report_to,
+    precision_and_checkpointing,
+    tensorboard_dir,
+)
 
 REFERENCES = ("adapter", "model")  # the "ref" adapter on the same base, or a second model
 
@@ -47,25 +52,13 @@ def dpo_config(profile: Profile, output_dir: str | Path, **overrides: Any):  # -
     pairs (each pair is two sequences, and the reference scores both again), half its
     learning rate, beta 0.1, the sigmoid (DPO) loss, no checkpoints.
     """
-    import dataclasses
-
     import torch
     from trl import DPOConfig
 
     o = overrides.pop
     cuda = torch.cuda.is_available()
     pairs = max(1, profile.per_device_batch_size // 2)
-    precision = {  # TRL defaults bf16=True, which a T4 (fp16 only) and fp32 CPU runs must undo
-        "fp16": o("fp16", profile.dtype == "float16"),
-        "bf16": o("bf16", profile.dtype == "bfloat16"),
-    }
-    ckpt = o(
-        "activation_checkpointing", o("gradient_checkpointing", profile.gradient_checkpointing)
-    )
-    if "activation_checkpointing" in {f.name for f in dataclasses.fields(DPOConfig)}:
-        ckpt_kwargs = {"activation_checkpointing": ckpt}  # transformers >= 5.x name
-    else:
-        ckpt_kwargs = {"gradient_checkpointing": ckpt}
+    precision_ckpt = precision_and_checkpointing(DPOConfig, profile, overrides)
     return DPOConfig(
         output_dir=str(output_dir),
         beta=o("beta", 0.1),
@@ -88,7 +81,7 @@ def dpo_config(profile: Profile, output_dir: str | Path, **overrides: Any):  # -
         use_cpu=o("use_cpu", not cuda),
         dataloader_num_workers=o("dataloader_num_workers", 0),
         dataloader_pin_memory=o("dataloader_pin_memory", cuda),
-        **{**precision, **ckpt_kwargs, **overrides},
+        **{**precision_ckpt, **overrides},
     )
 
 

@@ -94,6 +94,30 @@ def default_report_to() -> list[str]:
     return ["tensorboard"] if importlib.util.find_spec("tensorboard") else []
 
 
+def precision_and_checkpointing(config_class, profile: Profile, overrides: dict) -> dict:
+    """fp16/bf16 and activation checkpointing for a TRL config, taken out of ``overrides``.
+
+    TRL's configs default to bf16=True, which a T4 (fp16 only) and fp32 CPU runs must undo;
+    the profile's dtype decides. Checkpointing goes under the name ``config_class`` has
+    (``activation_checkpointing`` since transformers 5.x, ``gradient_checkpointing`` before).
+    """
+    o = overrides.pop
+    ckpt = o(
+        "activation_checkpointing", o("gradient_checkpointing", profile.gradient_checkpointing)
+    )
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    name = (
+        "activation_checkpointing"
+        if "activation_checkpointing" in fields
+        else "gradient_checkpointing"
+    )
+    return {
+        "fp16": o("fp16", profile.dtype == "float16"),
+        "bf16": o("bf16", profile.dtype == "bfloat16"),
+        name: ckpt,
+    }
+
+
 def sft_config(profile: Profile, output_dir: str | Path, **overrides: Any):  # -> trl.SFTConfig
     """A TRL SFTConfig from the profile; any SFTConfig field can be overridden by keyword.
 
@@ -110,17 +134,7 @@ def sft_config(profile: Profile, output_dir: str | Path, **overrides: Any):  # -
         overrides["max_steps"] = -1  # epochs decide the length
     max_steps = o("max_steps", profile.max_steps)
     save_steps = o("save_steps", max(1, (max_steps if max_steps > 0 else 100) // 4))
-    ckpt = o(
-        "activation_checkpointing", o("gradient_checkpointing", profile.gradient_checkpointing)
-    )
-    precision = {  # TRL defaults bf16=True, which a T4 (fp16 only) and fp32 CPU runs must undo
-        "fp16": o("fp16", profile.dtype == "float16"),
-        "bf16": o("bf16", profile.dtype == "bfloat16"),
-    }
-    if "activation_checkpointing" in {f.name for f in dataclasses.fields(SFTConfig)}:
-        ckpt_kwargs = {"activation_checkpointing": ckpt}  # transformers >= 5.x name
-    else:
-        ckpt_kwargs = {"gradient_checkpointing": ckpt}
+    precision_ckpt = precision_and_checkpointing(SFTConfig, profile, overrides)
     return SFTConfig(
         output_dir=str(output_dir),
         learning_rate=o("learning_rate", profile.learning_rate),
@@ -147,7 +161,7 @@ def sft_config(profile: Profile, output_dir: str | Path, **overrides: Any):  # -
         dataloader_num_workers=o("dataloader_num_workers", 0),  # worker processes cost on 2 cores
         dataloader_pin_memory=o("dataloader_pin_memory", cuda),
         include_num_input_tokens_seen=o("include_num_input_tokens_seen", "non_padding"),
-        **{**trl_loss_options("assistant_only"), **precision, **ckpt_kwargs, **overrides},
+        **{**trl_loss_options("assistant_only"), **precision_ckpt, **overrides},
     )
 
 
