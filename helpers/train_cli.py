@@ -12,18 +12,30 @@ FSDP2 or DeepSpeed ZeRO as ``configs/accelerate/*.yaml`` says. Rank 0 saves the 
     torchrun --nproc-per-node 2 -m helpers.train_cli --output-dir /tmp/ddp   # CPU: gloo
     accelerate launch --config_file configs/accelerate/ddp.yaml -m helpers.train_cli \\
         --output-dir /root/autodl-tmp/sft-ddp
+
+Notebook 08's fine-tuning jobs (:mod:`helpers.jobs`) run it as a child process with the job's own
+data (``--train-file``), length in epochs, checkpoints every ``--save-steps``, ``--resume`` after
+a restart, and ``--events`` (one JSON line per logged step and per checkpoint, read by the
+worker). SIGTERM stops training at the end of the current step, saves a checkpoint there and
+exits with :data:`STOPPED_EXIT` (no final adapter): cancel and shutdown keep the work done.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+from transformers import TrainerCallback
+
 SUMMARY_FILE = "summary.json"
 ADAPTER_SUBDIR = "adapter"
+STOPPED_EXIT = 3  # SIGTERM: stopped at a step boundary, a checkpoint saved there
 
 
 def _override(text: str) -> tuple[str, Any]:
@@ -62,6 +74,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--eval-rows", type=int, help="validation rows for the eval loss (03: 16/200)")
     p.add_argument("--no-checkpoints", action="store_true", help="save only the final adapter")
+    p.add_argument("--train-file", type=Path, help='JSONL of {"messages": [...]} rows (08)')
+    p.add_argument("--validation-file", type=Path, help="JSONL rows for the eval loss (08)")
+    p.add_argument("--epochs", type=int, help="passes over --train-file (sets the step count)")
+    p.add_argument("--save-steps", type=int, help="a checkpoint every N steps (03: max_steps/4)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--events", type=Path, help="append a JSON line per log and checkpoint")
     p.add_argument(
         "--set",
         dest="overrides",
@@ -91,12 +109,25 @@ def build_trainer(args: argparse.Namespace):  # -> (trl.SFTTrainer, Profile)
         "gradient_checkpointing": args.activation_checkpointing,
     }
     profile = dataclasses.replace(profile, **{k: v for k, v in changes.items() if v is not None})
-    rows, _ = sft.training_rows(profile)
-    eval_rows = (
-        args.eval_rows if args.eval_rows is not None else (16 if profile.device == "cpu" else 200)
-    )
-    val_rows = sft.validation_rows(profile, eval_rows) if eval_rows else None
-    every = max(1, profile.max_steps // 4)  # 03's SAVE_EVERY
+    if args.train_file is not None:
+        from helpers.data import read_jsonl
+
+        rows = read_jsonl(args.train_file)
+        val_rows = read_jsonl(args.validation_file) if args.validation_file else None
+    else:
+        rows, _ = sft.training_rows(profile)
+        eval_rows = (
+            args.eval_rows
+            if args.eval_rows is not None
+            else (16 if profile.device == "cpu" else 200)
+        )
+        val_rows = sft.validation_rows(profile, eval_rows) if eval_rows else None
+    if args.epochs is not None:  # whole passes; the last batch may be short
+        per_step = profile.per_device_batch_size * profile.gradient_accumulation_steps
+        profile = dataclasses.replace(
+            profile, max_steps=args.epochs * math.ceil(len(rows) / per_step)
+        )
+    every = args.save_steps or max(1, profile.max_steps // 4)  # 03's SAVE_EVERY
     config: dict[str, Any] = {"seed": args.seed, "save_steps": every}
     if val_rows:
         config.update(eval_steps=every, eval_on_start=True)
@@ -105,9 +136,56 @@ def build_trainer(args: argparse.Namespace):  # -> (trl.SFTTrainer, Profile)
     if args.reentrant:
         config["activation_checkpointing_kwargs"] = {"use_reentrant": True}
     config.update(dict(args.overrides))
+    callbacks = [StopOnSignal()]
+    if args.events is not None:
+        callbacks.append(EventsFile(args.events))
     model, tokenizer = models.load_model(profile)
-    trainer = sft.make_trainer(model, tokenizer, rows, val_rows, profile, args.output_dir, **config)
+    trainer = sft.make_trainer(
+        model, tokenizer, rows, val_rows, profile, args.output_dir, callbacks=callbacks, **config
+    )
     return trainer, profile
+
+
+class StopOnSignal(TrainerCallback):
+    """SIGTERM -> stop at the end of this step and save a checkpoint there (cancel, shutdown)."""
+
+    def __init__(self) -> None:
+        self.stopped = False
+        signal.signal(signal.SIGTERM, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        self.stopped = True
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.stopped:
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+
+class EventsFile(TrainerCallback):
+    """One JSON line per logged step (loss, learning rate) and per checkpoint saved."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def _write(self, **event: Any) -> None:
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"time": time.time(), **event}) + "\n")
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._write(type="start", step=state.global_step, total_steps=state.max_steps)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        keep = ("loss", "eval_loss", "learning_rate", "epoch", "mean_token_accuracy")
+        values = {k: v for k, v in (logs or {}).items() if k in keep}
+        if values:
+            self._write(type="log", step=state.global_step, total_steps=state.max_steps, **values)
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        tokens = int(state.num_input_tokens_seen or 0)
+        self._write(type="checkpoint", step=state.global_step, path=str(folder), tokens=tokens)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,7 +201,11 @@ def main(argv: list[str] | None = None) -> int:
             f"FSDP was asked for but accelerate set up {trainer.accelerator.distributed_type} "
             "(it enables FSDP on GPUs only). Run FSDP on GPUs, or drop --set fsdp=... on CPU."
         )
-    summary = sft.train(trainer)
+    resume = args.resume and any(args.output_dir.glob("checkpoint-*"))
+    summary = sft.train(trainer, resume=resume)
+    stopper = next(c for c in trainer.callback_handler.callbacks if isinstance(c, StopOnSignal))
+    if stopper.stopped:  # the checkpoint of this step is saved; the caller resumes or gives up
+        return STOPPED_EXIT
     state = trainer.accelerator.state
     summary.update(
         profile=profile.name,
@@ -134,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         * trainer.args.gradient_accumulation_steps
         * state.num_processes,
         log=[h for h in trainer.state.log_history if "loss" in h],  # per logged step
+        trained_tokens=int(trainer.state.num_input_tokens_seen or 0),
     )
     adapter = args.output_dir / ADAPTER_SUBDIR
     trainer.save_model(str(adapter))  # every rank: FSDP and ZeRO-3 gather the shards first

@@ -57,10 +57,10 @@ class PeftBackend:
         with self._lock:
             if not isinstance(self.model, PeftModel):
                 self.model = PeftModel.from_pretrained(
-                    self.model, adapter_dir, adapter_name=version
+                    self.model, adapter_dir, adapter_name=_adapter_name(version)
                 )
-            elif version not in self.model.peft_config:
-                self.model.load_adapter(adapter_dir, adapter_name=version)
+            elif _adapter_name(version) not in self.model.peft_config:
+                self.model.load_adapter(adapter_dir, adapter_name=_adapter_name(version))
             self.model.eval()
         return AdapterView(self, version)
 
@@ -95,7 +95,7 @@ class PeftBackend:
             if version is None:
                 adapters = getattr(self.model, "disable_adapter", contextlib.nullcontext)()
             else:
-                self.model.set_adapter(version)
+                self.model.set_adapter(_adapter_name(version))
                 adapters = contextlib.nullcontext()
             with adapters, torch.inference_mode():
                 yield from self._decode(
@@ -137,6 +137,11 @@ class PeftBackend:
             yield text[sent:]
         mean = sum(logprobs) / len(logprobs) if logprobs else None
         yield ChatResult(finish, len(prompt), len(out), mean)
+
+
+def _adapter_name(version: str) -> str:
+    """peft's name for a version: torch module names cannot hold '.' (ft:Qwen2.5-…:… names do)."""
+    return version.replace(".", "_")
 
 
 def _choose(logp, temperature: float, top_p: float) -> int:

@@ -59,6 +59,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from helpers.serve.backend import Backend, ChatResult, LlamaCppBackend, RequestError
 
 if TYPE_CHECKING:
+    from helpers.jobs import JobService
     from helpers.monitor.log import RequestLog
     from helpers.monitor.metrics import ServerMetrics
     from helpers.monitor.recorder import Exchange, Recorder
@@ -159,13 +160,15 @@ class _FeedbackRequest(_Strict):
 class APIError(Exception):
     """An error the server answers with OpenAI's JSON shape."""
 
-    def __init__(self, status: int, message: str, type_: str, code: str, headers=None):
+    def __init__(self, status: int, message: str, type_: str, code: str, headers=None, param=None):
         super().__init__(message)
         self.status, self.message, self.type, self.code = status, message, type_, code
         self.headers = headers or {}
+        self.param = param  # the request field at fault, as OpenAI names it
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "code": self.code}}
+        error = {"message": self.message, "type": self.type, "code": self.code}
+        return {"error": error if self.param is None else {**error, "param": self.param}}
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
@@ -338,17 +341,21 @@ def create_app(
     metrics: ServerMetrics | None = None,
     registry: AdapterRegistry | None = None,
     load_version: Callable[[str, Path], Backend] | None = None,
+    jobs: JobService | None = None,
 ) -> FastAPI:
     """The FastAPI app serving ``models`` (name -> backend); requests need ``api_key`` if set.
 
     ``log`` and ``metrics`` record every chat request; ``registry`` adds its aliases and
     versions as model names, each version loaded by ``load_version(version, adapter_dir)`` the
-    first time it is needed. A name in ``models`` wins over the registry's.
+    first time it is needed. A name in ``models`` wins over the registry's. ``jobs`` (notebook
+    08) adds OpenAI's files and fine-tuning routes; what they train lands in ``registry``.
     """
     if not models and registry is None:
         raise ValueError("Serve at least one model, e.g. create_app({'tuned': backend}, None).")
     if (registry is None) != (load_version is None):
         raise ValueError("registry= and load_version= go together: the server loads versions.")
+    if jobs is not None and jobs.registry.path != getattr(registry, "path", None):
+        raise ValueError("jobs= registers what it trains: pass registry=jobs.registry too.")
     slots = {name: _Slot(backend, limits) for name, backend in models.items()}
     recorder: Recorder | None = None
     if log is not None or metrics is not None:
@@ -371,7 +378,7 @@ def create_app(
         versions = LoadedVersions(registry, load_version, version_slot)
     created = int(time.time())
     app = FastAPI(title="LLM 微调实战 server", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.resources = [r for r in (recorder, versions) if r is not None]  # closed by stop()
+    app.state.resources = [r for r in (recorder, versions, jobs) if r is not None]  # stop()
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -473,6 +480,9 @@ def create_app(
             )
         slot = versions.served.get(version) or await run_in_threadpool(versions.get, version)
         return slot, version
+
+    if jobs is not None:
+        jobs.mount(app, check_key)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
@@ -761,10 +771,12 @@ def start_server(
     metrics: ServerMetrics | None = None,
     registry: AdapterRegistry | None = None,
     load_version: Callable[[str, Path], Backend] | None = None,
+    jobs: JobService | None = None,
 ) -> ServerHandle:
     """Serve ``models`` (name -> GGUF path or backend) in a background thread until .stop().
 
-    ``log``, ``metrics``, ``registry`` and ``load_version``: see :func:`create_app`.
+    ``log``, ``metrics``, ``registry``, ``load_version`` and ``jobs``: see :func:`create_app`;
+    ``stop()`` closes ``jobs`` too (a running job pauses at a checkpoint and resumes later).
     """
     import uvicorn
 
@@ -787,6 +799,7 @@ def start_server(
             metrics=metrics,
             registry=registry,
             load_version=load_version,
+            jobs=jobs,
         )
         sock = _bind(host, port)
     except BaseException:
