@@ -234,3 +234,25 @@ def test_what_notebook_11_relies_on_in_accelerate_deepspeed_and_the_trainer_stil
     # transformers asks DDP to search for unused parameters on a PeftModel (11, section 4)
     source = inspect.getsource(transformers.Trainer._build_accelerator_args)
     assert "isinstance(self.model, PreTrainedModel)" in source and "find_unused = True" in source
+
+
+def test_what_helpers_jobs_relies_on_in_the_trainer_starlette_and_openai_still_exists():
+    """train_cli's StopOnSignal/EventsFile callbacks, the upload's form limits, and the client
+    calls notebook 08 and tests/test_jobs.py make."""
+    import openai
+    from starlette.requests import Request
+    from transformers import TrainerControl, TrainerState
+
+    control = {f.name for f in dataclasses.fields(TrainerControl)}
+    assert {"should_save", "should_training_stop"} <= control
+    state = {f.name for f in dataclasses.fields(TrainerState)}
+    assert {"global_step", "max_steps", "num_input_tokens_seen"} <= state
+    for hook in ("on_train_begin", "on_log", "on_save", "on_step_end"):
+        assert hasattr(transformers.TrainerCallback, hook), hook
+    assert {"max_files", "max_fields"} <= set(inspect.signature(Request.form).parameters)
+    jobs = openai.OpenAI(api_key="x", base_url="http://127.0.0.1:9").fine_tuning.jobs
+    for call in (jobs.create, jobs.list, jobs.retrieve, jobs.cancel, jobs.list_events):
+        assert call.__name__ in dir(jobs)
+    assert {"after", "limit"} <= set(inspect.signature(jobs.checkpoints.list).parameters)
+    create = set(inspect.signature(jobs.create).parameters)
+    assert {"method", "hyperparameters", "suffix", "seed", "metadata", "validation_file"} <= create
