@@ -610,3 +610,36 @@ def check_11_2(answer: tuple | None, table, vram_gb: float = 24.0) -> bool:
     )
     print(f"✅ 正确：{n} 块 {vram_gb:g} GB 的卡用 {strategy}，每卡约 {rows.loc[n, strategy]} GB。")
     return True
+
+
+def check_08_1(answer: float | None, curve) -> bool:
+    """08 练习 1: how much the training loss fell, first logged step minus last, from the events."""
+    if _unanswered(answer):
+        return False
+    expected = curve[0][1] - curve[-1][1]
+    assert abs(answer - expected) <= 1e-6 + 1e-6 * abs(expected), (
+        f"{answer} 不对。提示：loss_curve(client, job.id) 按 step 排好了 (step, loss)，"
+        "第一个减最后一个；只看 type == 'metrics' 且带 train_loss 的事件。"
+    )
+    first, last = curve[0][1], curve[-1][1]
+    print(f"✅ 正确：训练 loss 从 {first:.3f} 降到 {last:.3f}（降了 {expected:.3f}）。")
+    return True
+
+
+def check_08_2(answer: int | None, n_rows: int, hyper: dict, profile) -> bool:
+    """08 练习 2: the optimizer steps a job runs for ``n_rows`` examples and ``hyper``."""
+    import math
+
+    from helpers.jobs.validate import hyperparameters
+
+    if _unanswered(answer):
+        return False
+    plan, _ = hyperparameters({"hyperparameters": hyper}, profile, n_rows)
+    expected = plan.n_epochs * math.ceil(n_rows / plan.batch_size)
+    assert answer == expected, (
+        f"{answer} 步不对。提示：batch_size 是每个优化步的样本数（每卡 batch × 梯度累积），"
+        "每个 epoch 的步数向上取整，再乘 n_epochs。"
+    )
+    per_epoch = math.ceil(n_rows / plan.batch_size)
+    print(f"✅ 正确：{plan.n_epochs} 个 epoch × 每 epoch {per_epoch} 步 = {expected} 步。")
+    return True

@@ -417,3 +417,21 @@ def test_11_2_checks_the_fewest_gpus_for_32b_lora():
         exercises.check_11_2((2, "zero3"), table)
     with pytest.raises(AssertionError, match="放不下"):
         exercises.check_11_2((4, "ddp"), table)
+
+
+def test_08_1_checks_the_loss_drop_from_the_events():
+    curve = [(1, 7.5), (2, 7.25), (3, 6.5)]
+    assert exercises.check_08_1(None, curve) is False
+    assert exercises.check_08_1(1.0, curve)
+    with pytest.raises(AssertionError, match="不对"):
+        exercises.check_08_1(0.25, curve)  # the last two steps only
+
+
+def test_08_2_checks_the_steps_of_a_job():
+    from helpers.profiles import get_profile
+
+    tiny = get_profile("tiny")  # 4 rows per device: batch_size 8 is 4 x 2 accumulation steps
+    assert exercises.check_08_2(None, 30, {"n_epochs": 3, "batch_size": 8}, tiny) is False
+    assert exercises.check_08_2(12, 30, {"n_epochs": 3, "batch_size": 8}, tiny)
+    with pytest.raises(AssertionError, match="步不对"):
+        exercises.check_08_2(9, 30, {"n_epochs": 3, "batch_size": 8}, tiny)  # rounded down
