@@ -257,3 +257,16 @@ def test_stop_writes_the_rows_still_queued(tmp_path):
     assert len(log) == 20 and json.loads(
         log.export(tmp_path / "x.jsonl").read_text().split("\n")[0]
     )
+
+
+def test_flush_makes_every_answered_request_readable(tmp_path):
+    log = RequestLog(tmp_path / "requests.db")
+    with start_server({"echo": Echo()}, port=0, log=log) as handle:
+        url = f"{handle.url}/chat/completions"
+        ids = [
+            httpx.post(url, json={"model": "echo", "messages": HI}).json()["id"] for _ in range(5)
+        ]
+        assert handle.flush()
+        assert set(log.frame()["id"]) == set(ids)  # read while the server still runs
+    with start_server({"echo": Echo()}, port=0) as plain:
+        assert plain.flush()  # nothing to wait for without a log
