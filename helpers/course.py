@@ -71,6 +71,7 @@ NEEDS = {
     "05": ("adapter", "results"),
     "06": ("gguf",),
     "07": ("adapter",),
+    "08": (),  # trains its own adapters from the shipped data
     "10": ("adapter",),
 }
 # Minutes per notebook and profile: measured for tiny and cpu-demo (README), estimated on GPUs.
@@ -84,6 +85,7 @@ MINUTES = {
         "05": 1,
         "06": 1,
         "07": 2,
+        "08": 2,
         "10": 4,
         "11": 1,
     },
@@ -96,6 +98,7 @@ MINUTES = {
         "05": 10,
         "06": 2,
         "07": 15,
+        "08": 15,
         "10": 25,
         "11": 2,  # 11: its 2-process demo runs the tiny model on CPU everywhere
     },
@@ -108,6 +111,7 @@ MINUTES = {
         "05": 20,
         "06": 10,
         "07": 15,
+        "08": 30,
         "10": 40,
         "11": 2,
     },
@@ -120,6 +124,7 @@ MINUTES = {
         "05": 30,
         "06": 15,
         "07": 20,
+        "08": 30,
         "10": 60,
         "11": 2,
     },
