@@ -217,3 +217,62 @@ def _events(root, job_id):
 
     rows, _ = Store(root / "jobs.sqlite3").page("events", 100, job_id=job_id)
     return [SimpleNamespace(**r) for r in rows]
+
+
+SERVE_SCRIPT = """
+import time
+from pathlib import Path
+from tests.test_jobs import TINY, serve, backend_for
+handle, _ = serve(Path({root!r}), backend_for(), save_steps=2)
+print(handle.url, flush=True)
+time.sleep(600)
+"""
+
+
+def backend_for():
+    from helpers.models import load_model
+
+    model, tokenizer = load_model(TINY)
+    return PeftBackend(model.eval(), tokenizer)
+
+
+def test_a_killed_server_loses_no_job_and_runs_none_twice(tmp_path, backend):
+    """kill -9 of the server mid-run: its training child lives on; the next server stops that
+    child (one process per job), then resumes the job from its last checkpoint."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = str(Path(__file__).resolve().parent.parent)
+    script = SERVE_SCRIPT.format(root=str(tmp_path))  # run from the repository root
+    crashed = subprocess.Popen([sys.executable, "-c", script], cwd=repo, stdout=subprocess.PIPE)
+    try:
+        url = crashed.stdout.readline().decode().strip()
+        client = openai.OpenAI(base_url=url, api_key=KEY, max_retries=0)
+        train = client.files.create(file=("train.jsonl", jsonl(ROWS)), purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(
+            model=TINY.model_id, training_file=train.id, hyperparameters={"n_epochs": 4}
+        )
+        wait(client, job.id, has_checkpoint)
+    finally:
+        crashed.send_signal(signal.SIGKILL)
+        crashed.wait()
+    from helpers.jobs.store import Store
+
+    orphan = Store(tmp_path / "jobs.sqlite3").get("jobs", job.id)["pid"]
+    os.kill(orphan, 0)  # the training child outlived its server
+    handle, client = serve(tmp_path, backend, save_steps=2)
+    try:
+        done = wait(client, job.id, lambda j, c: j.status in ("succeeded", "failed"))
+        assert done.status == "succeeded", done.error
+        with pytest.raises(ProcessLookupError):
+            os.kill(orphan, 0)
+        messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id)]
+        assert any("resuming from its checkpoint at step" in m for m in messages), messages
+        steps = [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id)]
+        assert len(steps) == len(set(steps)) and max(steps) == 12
+        assert [j.id for j in client.fine_tuning.jobs.list()] == [job.id]
+    finally:
+        handle.stop()
