@@ -7,6 +7,7 @@ model in a child process, a few steps per job.
 import json
 import time
 
+import httpx
 import openai
 import pytest
 
@@ -102,6 +103,11 @@ def test_bad_files_and_requests_are_refused_with_the_line_and_the_fix(server):
         assert error["param"] == "file" and error["type"] == "invalid_request_error"
     assert client.files.list().data == []  # nothing was stored
     bad(lambda: upload(file=("d.jsonl", jsonl([chat])), purpose="assistants"), 400, "purpose")
+    two = [("file", ("a.jsonl", jsonl([chat]))), ("file", ("b.jsonl", jsonl([chat])))]
+    auth = {"Authorization": f"Bearer {KEY}"}
+    answer = httpx.post(f"{handle.url}/files", files=two, data={"purpose": "fine-tune"},
+                        headers=auth, timeout=10)  # fmt: skip
+    assert answer.status_code == 400 and "one file" in answer.json()["error"]["message"]
     small = upload(file=("few.jsonl", jsonl([chat] * 3)), purpose="fine-tune")
     good = upload(file=("ok.jsonl", jsonl(ROWS)), purpose="fine-tune")
     create = client.fine_tuning.jobs.create

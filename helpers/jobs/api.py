@@ -19,6 +19,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from helpers.jobs.store import ACTIVE, FINAL, new_id, valid_id
 from helpers.jobs.validate import (
@@ -160,7 +161,14 @@ def router(service: Any, check_key: Any) -> APIRouter:  # service: helpers.jobs.
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit + 10_000:
             raise too_big
-        form = await request.form(max_files=1, max_fields=4)
+        try:
+            form = await request.form(max_files=1, max_fields=4)
+        except StarletteHTTPException as exc:  # starlette's multipart errors are 400s
+            raise _bad(
+                f"The upload is not a valid form: {exc.detail}. Send one file with "
+                "client.files.create(file=..., purpose='fine-tune').",
+                "file",
+            ) from None
         upload, purpose = form.get("file"), form.get("purpose")
         if purpose != "fine-tune":
             raise _bad(
