@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-FINAL = ("succeeded", "failed", "cancelled")
+from helpers.jobs.store import FINAL
 
 
 def loss_curve(client: Any, job_id: str) -> list[tuple[int, float]]:

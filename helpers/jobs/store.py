@@ -144,16 +144,6 @@ class Store:
         with self._db() as db:
             return db.execute(sql + " ORDER BY rowid", args).fetchall()
 
-    def files_in_use(self, file_id: str) -> list[str]:
-        """Ids of unfinished jobs that train or validate on ``file_id``."""
-        marks = ", ".join("?" for _ in ACTIVE)
-        sql = (
-            f"SELECT id FROM jobs WHERE status IN ({marks}) "
-            "AND (training_file = ? OR validation_file = ?)"
-        )
-        with self._db() as db:
-            return [r["id"] for r in db.execute(sql, [*ACTIVE, file_id, file_id]).fetchall()]
-
     def event(
         self, job_id: str, message: str, *, level: str = "info", data: dict | None = None
     ) -> None:

@@ -129,9 +129,8 @@ def parse_rows(data: bytes) -> list[dict[str, Any]]:
 
 @dataclass(frozen=True)
 class Hyper:
-    """A job's hyperparameters as asked (``auto`` kept) and as they will run."""
+    """A job's hyperparameters as they will run (``auto`` resolved)."""
 
-    asked: dict[str, Any]
     n_epochs: int
     per_device_batch_size: int
     gradient_accumulation_steps: int
@@ -213,9 +212,7 @@ def hyperparameters(body: dict[str, Any], profile: Any, n_rows: int) -> tuple[Hy
             param,
         )
     multiplier = _number(hp, "learning_rate_multiplier", param) or 1.0
-    hyper = Hyper(
-        dict(hp), int(epochs), per_device, accumulation, profile.learning_rate * multiplier
-    )
+    hyper = Hyper(int(epochs), per_device, accumulation, profile.learning_rate * multiplier)
     return hyper, multiplier
 
 
