@@ -16,8 +16,10 @@ FSDP2 or DeepSpeed ZeRO as ``configs/accelerate/*.yaml`` says. Rank 0 saves the 
 Notebook 08's fine-tuning jobs (:mod:`helpers.jobs`) run it as a child process with the job's own
 data (``--train-file``), length in epochs, checkpoints every ``--save-steps``, ``--resume`` after
 a restart, and ``--events`` (one JSON line per logged step and per checkpoint, read by the
-worker). SIGTERM stops training at the end of the current step, saves a checkpoint there and
-exits with :data:`STOPPED_EXIT` (no final adapter): cancel and shutdown keep the work done.
+worker). With ``--graceful-stop`` SIGTERM stops training at the end of the current step, saves
+a checkpoint there and exits with :data:`STOPPED_EXIT` (no final adapter): cancel and shutdown
+keep the work done. Without it SIGTERM ends the process at once, as launchers expect (torchrun
+stops the other ranks with it when one fails; they must not wait in a collective).
 """
 
 from __future__ import annotations
@@ -81,6 +83,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--events", type=Path, help="append a JSON line per log and checkpoint")
     p.add_argument(
+        "--graceful-stop",
+        action="store_true",
+        help=f"SIGTERM: checkpoint at the end of the step, exit {STOPPED_EXIT} (08's cancel)",
+    )
+    p.add_argument(
         "--set",
         dest="overrides",
         type=_override,
@@ -136,7 +143,7 @@ def build_trainer(args: argparse.Namespace):  # -> (trl.SFTTrainer, Profile)
     if args.reentrant:
         config["activation_checkpointing_kwargs"] = {"use_reentrant": True}
     config.update(dict(args.overrides))
-    callbacks = [StopOnSignal()]
+    callbacks: list[TrainerCallback] = [StopOnSignal()] if args.graceful_stop else []
     if args.events is not None:
         callbacks.append(EventsFile(args.events))
     model, tokenizer = models.load_model(profile)
@@ -203,8 +210,12 @@ def main(argv: list[str] | None = None) -> int:
         )
     resume = args.resume and any(args.output_dir.glob("checkpoint-*"))
     summary = sft.train(trainer, resume=resume)
-    stopper = next(c for c in trainer.callback_handler.callbacks if isinstance(c, StopOnSignal))
-    if stopper.stopped:  # the checkpoint of this step is saved; the caller resumes or gives up
+    stopper = next(
+        (c for c in trainer.callback_handler.callbacks if isinstance(c, StopOnSignal)), None
+    )
+    if (
+        stopper is not None and stopper.stopped
+    ):  # the checkpoint of this step is saved; the caller resumes or gives up
         return STOPPED_EXIT
     state = trainer.accelerator.state
     summary.update(

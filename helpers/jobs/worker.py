@@ -136,6 +136,7 @@ class Worker(threading.Thread):
             "--save-steps", str(self.service.save_steps),
             "--events", str(folder / "events.jsonl"),
             "--resume",
+            "--graceful-stop",
             "--set", "save_total_limit=3",
             "--set", "report_to=[]",
         ]  # fmt: skip
