@@ -275,8 +275,11 @@ def test_a_killed_server_loses_no_job_and_runs_none_twice(tmp_path, backend):
         assert done.status == "succeeded", done.error
         with pytest.raises(ProcessLookupError):
             os.kill(orphan, 0)
-        messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id)]
+        events = list(client.fine_tuning.jobs.list_events(job.id))
+        messages = [e.message for e in events]
         assert any("resuming from its checkpoint at step" in m for m in messages), messages
+        logged = [e.data["step"] for e in events if e.type == "metrics"]
+        assert len(logged) == len(set(logged)), "a step's event was imported twice"
         steps = [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id)]
         assert len(steps) == len(set(steps)) and max(steps) == 12
         assert [j.id for j in client.fine_tuning.jobs.list()] == [job.id]

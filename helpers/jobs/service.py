@@ -93,9 +93,19 @@ class JobService:
             (folder / f"{'train' if kind == 'training' else kind}.jsonl").write_text(text)
 
     def add_checkpoint(
-        self, job_id: str, step: int, folder: Path, loss: float | None, eval_loss: float | None
+        self,
+        job_id: str,
+        step: int,
+        folder: Path,
+        loss: float | None,
+        eval_loss: float | None,
+        event_id: str | None = None,
     ) -> None:
-        """Keep the adapter of the trainer's checkpoint at ``step`` and register its name."""
+        """Keep the adapter of the trainer's checkpoint at ``step`` and register its name.
+
+        Safe to call again for the same step (a resumed job saves it again, or its event is
+        read twice after a crash): the copy is refreshed, the name and row are added once.
+        """
         job = self.store.get("jobs", job_id)
         name = f"{job['model_name']}:ckpt-step-{step}"
         target = self.job_dir(job_id) / "checkpoints" / f"step-{step}"
@@ -105,6 +115,7 @@ class JobService:
                 f"Checkpoint at step {step} was gone before it could be kept "
                 "(the trainer keeps only its last 3).",
                 level="warn",
+                event_id=event_id,
             )
             return
         target.mkdir(parents=True, exist_ok=True)
@@ -122,7 +133,7 @@ class JobService:
                 metrics={"step": step, "train_loss": loss, "valid_loss": eval_loss},
                 fine_tuned_model_checkpoint=name,
             )
-        self.store.event(job_id, f"Checkpoint saved at step {step}: {name}")
+        self.store.event(job_id, f"Checkpoint saved at step {step}: {name}", event_id=event_id)
 
     def mount(self, app: Any, check_key: Any) -> None:
         """Add the files and fine-tuning routes to the server's app, behind its API key."""

@@ -82,13 +82,14 @@ class Store:
         finally:
             db.close()
 
-    def insert(self, table: str, **values: Any) -> None:
-        """Add one row; dicts and lists are stored as JSON."""
+    def insert(self, table: str, *, or_ignore: bool = False, **values: Any) -> None:
+        """Add one row (``or_ignore``: unless its id exists); dicts and lists are stored as JSON."""
         cols = ", ".join(values)
         marks = ", ".join("?" for _ in values)
         data = [json.dumps(v) if isinstance(v, dict | list) else v for v in values.values()]
+        verb = "INSERT OR IGNORE" if or_ignore else "INSERT"
         with self._db() as db:
-            db.execute(f"INSERT INTO {table} ({cols}) VALUES ({marks})", data)
+            db.execute(f"{verb} INTO {table} ({cols}) VALUES ({marks})", data)
 
     def update_job(self, job_id: str, **values: Any) -> None:
         """Set columns of one job."""
@@ -145,12 +146,22 @@ class Store:
             return db.execute(sql + " ORDER BY rowid", args).fetchall()
 
     def event(
-        self, job_id: str, message: str, *, level: str = "info", data: dict | None = None
+        self,
+        job_id: str,
+        message: str,
+        *,
+        level: str = "info",
+        data: dict | None = None,
+        event_id: str | None = None,
     ) -> None:
-        """Append an event (type "metrics" when it carries data, else "message")."""
+        """Append an event (type "metrics" when it carries data, else "message").
+
+        An ``event_id`` makes it idempotent: a second event with that id is ignored.
+        """
         self.insert(
             "events",
-            id=new_id("ftevent"),
+            or_ignore=event_id is not None,
+            id=event_id or new_id("ftevent"),
             job_id=job_id,
             created_at=int(time.time()),
             level=level,

@@ -197,26 +197,31 @@ class Worker(threading.Thread):
             chunk = handle.read()
         complete = chunk[: chunk.rfind(b"\n") + 1]  # a line still being written waits
         loss, eval_loss = job["last_loss"], job["last_eval_loss"]
-        for line in complete.decode().splitlines():
+        position = job["events_offset"]
+        for line in complete.splitlines(keepends=True):
+            # one id per line of the file: a line read twice (a crash before the offset below
+            # was saved) is ignored the second time
+            eid = f"ftevent-{job_id[6:18]}{position:012d}"
+            position += len(line)
             event = json.loads(line)
             step, total = event["step"], event.get("total_steps")
             if event["type"] == "start":
-                self.store.event(job_id, f"Training from step {step} of {total}.")
+                self.store.event(job_id, f"Training from step {step} of {total}.", event_id=eid)
             elif event["type"] == "log" and "loss" in event:
                 loss = event["loss"]
                 data = {"step": step, "total_steps": total, "train_loss": loss}
-                self.store.event(
-                    job_id, f"Step {step}/{total}: training loss={loss:.4f}", data=data
-                )
+                message = f"Step {step}/{total}: training loss={loss:.4f}"
+                self.store.event(job_id, message, data=data, event_id=eid)
             elif event["type"] == "log" and "eval_loss" in event:
                 eval_loss = event["eval_loss"]
                 data = {"step": step, "total_steps": total, "valid_loss": eval_loss}
-                self.store.event(
-                    job_id, f"Step {step}/{total}: validation loss={eval_loss:.4f}", data=data
-                )
+                message = f"Step {step}/{total}: validation loss={eval_loss:.4f}"
+                self.store.event(job_id, message, data=data, event_id=eid)
             elif event["type"] == "checkpoint":
                 self.store.update_job(job_id, trained_tokens=event.get("tokens"))
-                self.service.add_checkpoint(job_id, step, Path(event["path"]), loss, eval_loss)
+                self.service.add_checkpoint(
+                    job_id, step, Path(event["path"]), loss, eval_loss, event_id=eid
+                )
         self.store.update_job(
             job_id,
             events_offset=job["events_offset"] + len(complete),
