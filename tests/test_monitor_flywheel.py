@@ -62,6 +62,9 @@ def test_mining_names_every_reason_and_skips_the_rest(log):
         "t5": ["invalid_json"],
         "t8": ["invalid_json", "thumbs_down"],
     }
+    nullable = log.astype({"json_valid": "boolean", "feedback_rating": "Int64"})  # as RequestLog
+    again = flywheel.mine_bad_cases(nullable, low_confidence=-1.0)
+    assert dict(zip(again["traffic_id"], again["reasons"], strict=True)) == reasons
     only = flywheel.mine_bad_cases(log, low_confidence=-1.0, ids={"t0", "t6"})
     assert list(only["traffic_id"]) == ["t0"]
 

@@ -51,11 +51,11 @@ def mine_bad_cases(log, *, low_confidence: float, ids: set | None = None):
         traffic_id = (r.metadata or {}).get("traffic_id")
         if r.status != 200 or (ids is not None and traffic_id not in ids):
             continue
-        flags = {
-            "invalid_json": r.json_valid is False,
-            "thumbs_down": r.feedback_rating == -1,
-            "low_confidence": r.confidence is not None and r.confidence < low_confidence,
-            "injection": bool(r.injection),
+        flags = {  # the log's nullable columns hold pd.NA / NaN where a value is missing
+            "invalid_json": _known(r.json_valid) and not r.json_valid,
+            "thumbs_down": _known(r.feedback_rating) and r.feedback_rating == -1,
+            "low_confidence": _known(r.confidence) and r.confidence < low_confidence,
+            "injection": _known(r.injection) and bool(r.injection),
         }
         reasons = [k for k in REASONS if flags[k]]
         if reasons:
@@ -73,6 +73,12 @@ def mine_bad_cases(log, *, low_confidence: float, ids: set | None = None):
             )
     columns = ["request_id", "traffic_id", "version", "reasons", "messages", "served"]
     return pd.DataFrame(rows, columns=[*columns, "confidence", "feedback_correction"])
+
+
+def _known(value: Any) -> bool:
+    import pandas as pd
+
+    return value is not None and not pd.isna(value)
 
 
 def attach_corrections(cases, truth: Mapping[str, str | None]):
