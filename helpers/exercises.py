@@ -505,24 +505,34 @@ def check_07_1(answer: float | None, quantile: float, log, truth) -> bool:
     return True
 
 
-def check_07_2(answer: float | None, model, tokenizer, profile, r2_test_replies) -> bool:
+def check_07_2(answer: float | None, model, tokenizer, profile, r2_test_replies, r2_dir) -> bool:
     """07 练习 2: round 2 without old rows, its test-set field accuracy measured.
 
-    ``r2_test_replies`` are the notebook's round-2 answers on the test set; a rerun with the
-    same settings reproduces them (CPU training is deterministic) and fails.
+    ``r2_test_replies`` are the notebook's round-2 answers on the test set and ``r2_dir`` its
+    saved adapter; a rerun with the same settings gives the same adapter weights (CPU training
+    is deterministic) and fails. Weights, not answers: a random model's greedy answers may
+    not move at all when its adapter does.
     """
     if _unanswered(answer) or _unanswered(model):
         return False
+    from pathlib import Path
+
+    import torch
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
     from helpers.data.course import score_answers
     from helpers.evaluation import eval_sets, generate_batch, prompt_messages
 
+    saved = load_file(Path(r2_dir) / "adapter_model.safetensors")
+    mine = get_peft_model_state_dict(model)
+    assert any(not torch.equal(mine[k].cpu(), v) for k, v in saved.items() if k in mine), (
+        "适配器权重和第 9 节的第二轮一模一样：训练数据没有变。提示：ROUND2_OLD_ROWS 设为 0 再训练。"
+    )
     rows = eval_sets(profile)["main_test"]
     prompts = [prompt_messages(r, profile) for r in rows]
     model.eval()
     replies = generate_batch(model, tokenizer, prompts, profile.max_new_tokens, progress=False)
-    assert replies != list(r2_test_replies), (
-        "回答和第 10 节的第二轮一模一样：训练数据没有变。提示：ROUND2_OLD_ROWS 设为 0 再训练。"
-    )
 
     def field(replies):
         s = score_answers(replies, [r["messages"][-1]["content"] for r in rows])

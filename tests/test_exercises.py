@@ -316,7 +316,7 @@ def test_07_1_measures_the_looser_threshold_on_the_log():
         exercises.check_07_1(0.5, 0.5, log, truth)
 
 
-def test_07_2_needs_a_model_that_answers_differently(tiny_dir):
+def test_07_2_needs_an_adapter_trained_differently(tiny_dir, tmp_path):
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -326,22 +326,27 @@ def test_07_2_needs_a_model_that_answers_differently(tiny_dir):
     from helpers.profiles import get_profile
 
     profile = get_profile("tiny")
-    model, tokenizer = load_model(profile, path=tiny_dir)
     rows = eval_sets(profile)["main_test"]
     prompts = [prompt_messages(r, profile) for r in rows]
-    same = generate_batch(model, tokenizer, prompts, profile.max_new_tokens, progress=False)
-    with pytest.raises(AssertionError, match="一模一样"):
-        exercises.check_07_2(0.0, model, tokenizer, profile, same)
-    torch.manual_seed(0)
     config = LoraConfig(r=8, target_modules="all-linear", init_lora_weights=False)
-    other = get_peft_model(model, config)
+    torch.manual_seed(0)
+    r2, tokenizer = load_model(profile, path=tiny_dir)
+    r2 = get_peft_model(r2, config)
+    r2.save_pretrained(tmp_path / "r2")
+    r2_replies = generate_batch(r2, tokenizer, prompts, profile.max_new_tokens, progress=False)
+    with pytest.raises(AssertionError, match="一模一样"):
+        exercises.check_07_2(0.0, r2, tokenizer, profile, r2_replies, tmp_path / "r2")
+    torch.manual_seed(1)
+    other = get_peft_model(load_model(profile, path=tiny_dir)[0], config)
     replies = generate_batch(other, tokenizer, prompts, profile.max_new_tokens, progress=False)
     scores = score_answers(replies, [r["messages"][-1]["content"] for r in rows])
     accuracy = sum(v for k, v in scores.items() if k.startswith("field_")) / 6
-    assert exercises.check_07_2(accuracy, other, tokenizer, profile, same)
+    assert exercises.check_07_2(accuracy, other, tokenizer, profile, r2_replies, tmp_path / "r2")
     with pytest.raises(AssertionError, match="不一致"):
-        exercises.check_07_2(accuracy + 0.5, other, tokenizer, profile, same)
-    assert exercises.check_07_2(None, other, tokenizer, profile, same) is False
+        exercises.check_07_2(accuracy + 0.5, other, tokenizer, profile, r2_replies, tmp_path / "r2")
+    assert (
+        exercises.check_07_2(None, other, tokenizer, profile, r2_replies, tmp_path / "r2") is False
+    )
 
 
 def test_10_1_checks_the_dpo_loss_from_the_margin():

