@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -123,6 +124,10 @@ class Worker(threading.Thread):
         if not self.store.transition(job_id, ("queued",), status="running"):
             return  # cancelled since it was read
         hp = job["hyperparameters"]
+        # None: a checkpoint at the end of every epoch, as OpenAI keeps them
+        rows = len((folder / "train.jsonl").read_text(encoding="utf-8").splitlines())
+        batch = hp["per_device_batch_size"] * hp["gradient_accumulation_steps"]
+        save_steps = self.service.save_steps or math.ceil(rows / batch)
         argv = [
             sys.executable, "-m", "helpers.train_cli",
             "--output-dir", str(folder / "train"),
@@ -133,7 +138,7 @@ class Worker(threading.Thread):
             "--gradient-accumulation-steps", str(hp["gradient_accumulation_steps"]),
             "--learning-rate", str(hp["learning_rate"]),
             "--seed", str(job["seed"]),
-            "--save-steps", str(self.service.save_steps),
+            "--save-steps", str(save_steps),
             "--events", str(folder / "events.jsonl"),
             "--resume",
             "--graceful-stop",
