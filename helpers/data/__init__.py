@@ -51,7 +51,17 @@ from .dedup import (
     near_dedup,
     user_text,
 )
-from .diversity import distinct_n, diversity_report, nearest_neighbor_similarity, plot_diversity
+from .diversity import (
+    adjusted_rand_index,
+    cluster_table,
+    distinct_n,
+    diversity_report,
+    nearest_neighbor_similarity,
+    plot_diversity,
+    purity,
+    template_clusters,
+    template_frame,
+)
 from .io import (
     detect_format,
     export_openai_chat,
@@ -106,6 +116,11 @@ __all__ = [
     "URGENCIES",
     "ChecksumError",
     "DataError",
+    "adjusted_rand_index",
+    "cluster_table",
+    "purity",
+    "template_clusters",
+    "template_frame",
     "Drop",
     "DropReport",
     "DuplicatePair",
