@@ -42,7 +42,7 @@ from unittest import mock
 from transformers import EarlyStoppingCallback, TrainerCallback
 
 from helpers.cpu import bnb_generic_path, train_on_generic_bnb_path
-from helpers.data.lossmask import trl_loss_options
+from helpers.data.lossmask import apply_turn_weights, trl_loss_options
 from helpers.env import detect_platform, platform_path
 from helpers.profiles import Profile
 from helpers.vram import ModelShape
@@ -240,6 +240,16 @@ def make_trainer(
             peft_config=None if continuing else lora_config(profile, **(lora or {})),
             callbacks=callbacks,
         )
+    # OpenAI's per-turn weight 0 (08's jobs): that turn's labels become -100 after TRL's own
+    # masks; TRL has no per-turn option, and its assistant mask already marks each turn's span
+    only = config.assistant_only_loss
+    trainer.train_dataset = apply_turn_weights(trainer.train_dataset, only)
+    evals = trainer.eval_dataset
+    trainer.eval_dataset = (
+        {name: apply_turn_weights(part, only) for name, part in evals.items()}
+        if isinstance(evals, dict)
+        else apply_turn_weights(evals, only)
+    )
     return apply_dtype_policy(trainer)
 
 

@@ -88,6 +88,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"SIGTERM: checkpoint at the end of the step, exit {STOPPED_EXIT} (08's cancel)",
     )
     p.add_argument(
+        "--lora",
+        type=_override,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a LoraConfig field instead of the profile's, VALUE as JSON (08's page: r=32)",
+    )
+    p.add_argument(
         "--set",
         dest="overrides",
         type=_override,
@@ -148,7 +156,15 @@ def build_trainer(args: argparse.Namespace):  # -> (trl.SFTTrainer, Profile)
         callbacks.append(EventsFile(args.events))
     model, tokenizer = models.load_model(profile)
     trainer = sft.make_trainer(
-        model, tokenizer, rows, val_rows, profile, args.output_dir, callbacks=callbacks, **config
+        model,
+        tokenizer,
+        rows,
+        val_rows,
+        profile,
+        args.output_dir,
+        callbacks=callbacks,
+        lora=dict(args.lora),
+        **config,
     )
     return trainer, profile
 

@@ -310,3 +310,47 @@ def trl_labels_batch(
 def trl_labels(sample: Sample, tokenizer, mode: Mode, max_length: int | None = 1024) -> list[int]:
     """Labels that TRL's SFTTrainer builds for one sample (-100 where masked)."""
     return trl_labels_batch([sample], tokenizer, mode, max_length)[0]
+
+
+def mask_unweighted_turns(labels: Sequence[int], messages: Sequence[Mapping]) -> list[int]:
+    """``labels`` with every assistant turn of ``weight`` 0 set to -100 (OpenAI's per-turn weight).
+
+    Under assistant-only loss each assistant turn is one run of labels (its ``{% generation %}``
+    span; the role header between turns is masked), in order, so the k-th run is the k-th
+    assistant turn. Truncation cuts from the end: fewer runs than turns is fine, more is not.
+    """
+    weights = [m.get("weight") for m in messages if m.get("role") == "assistant"]
+    labels = list(labels)
+    runs: list[list[int]] = []
+    for i, label in enumerate(labels):
+        if label != IGNORE_INDEX:
+            if not runs or runs[-1][-1] != i - 1:
+                runs.append([])
+            runs[-1].append(i)
+    if len(runs) > len(weights):
+        raise ValueError(
+            f"{len(runs)} trained spans for {len(weights)} assistant turns: per-turn weights "
+            "need assistant-only loss (SFTConfig(assistant_only_loss=True), the course default)."
+        )
+    for weight, run in zip(weights, runs, strict=False):
+        if weight == 0:
+            for i in run:
+                labels[i] = IGNORE_INDEX
+    return labels
+
+
+def apply_turn_weights(dataset, assistant_only: bool):  # -> datasets.Dataset
+    """A prepared SFT dataset (``messages`` + ``labels``) with weight-0 turns masked, or as is."""
+    if dataset is None or "messages" not in dataset.column_names:
+        return dataset
+    if not any(m.get("weight") == 0 for row in dataset["messages"] for m in row):
+        return dataset
+    if not assistant_only:
+        raise ValueError(
+            "Some assistant turns have weight 0, which needs assistant-only loss: keep "
+            "assistant_only_loss=True or drop the weight keys."
+        )
+    return dataset.map(
+        lambda row: {"labels": mask_unweighted_turns(row["labels"], row["messages"])},
+        desc="Masking weight-0 turns",
+    )

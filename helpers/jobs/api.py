@@ -29,7 +29,7 @@ from helpers.jobs.validate import (
     parse_rows,
     suffix_and_metadata,
 )
-from helpers.serve.server import APIError, _read_body
+from helpers.serve.server import APIError, read_body
 
 MAX_JOB_BODY = 64_000
 OPENAI_HYPER = ("n_epochs", "batch_size", "learning_rate_multiplier")
@@ -228,7 +228,7 @@ def router(service: Any, check_key: Any) -> APIRouter:  # service: helpers.jobs.
 
     @api.post("/fine_tuning/jobs")
     async def create_job(request: Request) -> dict[str, Any]:
-        body = await _read_body(request, MAX_JOB_BODY)
+        body = await read_body(request, MAX_JOB_BODY)
         try:
             body = json.loads(body)
         except ValueError:
@@ -306,6 +306,8 @@ def router(service: Any, check_key: Any) -> APIRouter:  # service: helpers.jobs.
                 "gradient_accumulation_steps": hyper.gradient_accumulation_steps,
                 "learning_rate": hyper.learning_rate,
                 "steps_per_epoch": per_epoch,
+                "lora": hyper.lora,
+                "lr_scheduler_type": hyper.lr_scheduler_type,
             },
             seed=random.randrange(2**31) if seed is None else seed,
             suffix=suffix,

@@ -7,9 +7,9 @@ A training file is JSONL in one of OpenAI's two layouts, checked row by row with
     {"prompt": "…", "completion": "…"}
 
 A bad file is refused whole (nothing is stored, nothing silently dropped) with its first
-problems listed. An assistant turn's ``weight`` must be 0 or 1 as in OpenAI's format; this
-server's trainer learns every assistant turn (TRL's assistant-only loss), so weight 0 is
-refused with what to do instead rather than trained on quietly.
+problems listed. An assistant turn's ``weight`` must be 0 or 1 as in OpenAI's format: weight 0
+is kept on the turn and the trainer gives its tokens label -100
+(:func:`helpers.data.lossmask.mask_unweighted_turns`); an example with no trained turn is refused.
 """
 
 from __future__ import annotations
@@ -27,6 +27,12 @@ MIN_EXAMPLES = 10  # OpenAI's minimum for a training file
 MAX_PROBLEMS_SHOWN = 5
 LAYOUTS = ("openai_chat", "prompt_completion")
 LIMITS = {"n_epochs": (1, 50), "batch_size": (1, 256), "learning_rate_multiplier": (0.0, 10.0)}
+# Not OpenAI's: the LoRA and scheduler settings of the training page (text-generation-webui's
+# "Train LoRA" tab), passed on to helpers.train_cli; absent, the profile's (notebook 03's) apply.
+LORA_LIMITS = {"lora_rank": (1, 256), "lora_alpha": (1, 1024)}
+SCHEDULERS = ("linear", "constant", "constant_with_warmup", "cosine", "cosine_with_restarts",
+              "polynomial", "inverse_sqrt")  # fmt: skip
+_MODULE = re.compile(r"^[A-Za-z0-9_.]{1,64}$")
 MAX_STEPS = 5000  # epochs x steps per epoch; a bigger job is refused, not queued for days
 _SUFFIX = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
 
@@ -58,14 +64,15 @@ def _weight_problem(record: dict[str, Any]) -> DataError | None:
                 field=field,
                 fix="use 1 (train on this turn) or 0 (do not)",
             )
-        if turn["weight"] == 0:
-            return DataError(
-                "unsupported_weight",
-                "weight 0 (do not train on this turn)",
-                field=field,
-                fix="this server trains every assistant turn: drop the weight key to train on "
-                "it, or end the conversation before it",
-            )
+    turns = [t for t in record.get("messages") or [] if isinstance(t, dict)]
+    weights = [t.get("weight", 1) for t in turns if t.get("role") == "assistant"]
+    if weights and not any(weights):
+        return DataError(
+            "no_trained_turn",
+            "every assistant turn has weight 0, so nothing in this example is trained",
+            field="messages",
+            fix="set weight 1 (or drop the key) on at least one assistant turn, or drop the line",
+        )
     return None
 
 
@@ -106,7 +113,12 @@ def parse_rows(data: bytes) -> list[dict[str, Any]]:
             problem = _weight_problem(record)
             if problem is not None:
                 raise problem
-            rows.append({"messages": to_messages(record, fmt)})
+            messages = to_messages(record, fmt)
+            if fmt == "openai_chat":  # to_messages keeps role and content; weight 0 rides along
+                for turn, source in zip(messages, record["messages"], strict=True):
+                    if source.get("weight") == 0:
+                        turn["weight"] = 0
+            rows.append({"messages": messages})
         except DataError as err:
             problems.append(str(err.located(None, number)))
     if problems:
@@ -135,6 +147,8 @@ class Hyper:
     per_device_batch_size: int
     gradient_accumulation_steps: int
     learning_rate: float
+    lora: dict[str, Any] | None = None  # peft LoraConfig fields: r, lora_alpha, target_modules
+    lr_scheduler_type: str | None = None
 
     @property
     def batch_size(self) -> int:
@@ -188,9 +202,10 @@ def hyperparameters(body: dict[str, Any], profile: Any, n_rows: int) -> tuple[Hy
     hp = hp or {}
     if not isinstance(hp, dict):
         raise Invalid(f"{param} must be an object.", param)
-    unknown = sorted(set(hp) - set(LIMITS))
+    allowed = [*LIMITS, *LORA_LIMITS, "lora_target_modules", "lr_scheduler_type"]
+    unknown = sorted(set(hp) - set(allowed))
     if unknown:
-        raise Invalid(f"{param} has unknown keys {unknown}; allowed: {sorted(LIMITS)}.", param)
+        raise Invalid(f"{param} has unknown keys {unknown}; allowed: {sorted(allowed)}.", param)
     batch = _number(hp, "batch_size", param)
     per_device = (
         profile.per_device_batch_size
@@ -212,8 +227,42 @@ def hyperparameters(body: dict[str, Any], profile: Any, n_rows: int) -> tuple[Hy
             param,
         )
     multiplier = _number(hp, "learning_rate_multiplier", param) or 1.0
-    hyper = Hyper(int(epochs), per_device, accumulation, profile.learning_rate * multiplier)
+    lr = profile.learning_rate * multiplier
+    hyper = Hyper(int(epochs), per_device, accumulation, lr, *_lora_and_scheduler(hp, param))
     return hyper, multiplier
+
+
+def _lora_and_scheduler(hp: dict[str, Any], param: str) -> tuple[dict | None, str | None]:
+    """The page's extra settings, bounded: LoRA rank, alpha, target modules and the scheduler."""
+    lora: dict[str, Any] = {}
+    for name, key in (("lora_rank", "r"), ("lora_alpha", "lora_alpha")):
+        if name in hp:
+            low, high = LORA_LIMITS[name]
+            value = hp[name]
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise Invalid(f"{param}.{name} must be a whole number in {low}..{high}.", param)
+            lora[key] = value
+    if "lora_target_modules" in hp:
+        targets = hp["lora_target_modules"]
+        names = targets if isinstance(targets, list) else None
+        if not (
+            targets == "all-linear"
+            or (
+                names
+                and len(names) <= 16
+                and all(isinstance(n, str) and _MODULE.match(n) for n in names)
+            )  # fmt: skip
+        ):
+            raise Invalid(
+                f"{param}.lora_target_modules must be 'all-linear' or a list of module names "
+                "such as ['q_proj', 'v_proj'].",
+                param,
+            )
+        lora["target_modules"] = targets
+    scheduler = hp.get("lr_scheduler_type")
+    if scheduler is not None and scheduler not in SCHEDULERS:
+        raise Invalid(f"{param}.lr_scheduler_type must be one of {list(SCHEDULERS)}.", param)
+    return lora or None, scheduler
 
 
 def suffix_and_metadata(body: dict[str, Any]) -> tuple[str | None, dict[str, str] | None]:

@@ -188,8 +188,12 @@ def _too_large(limit: int) -> APIError:
     )
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 by its Content-Length, or while it streams in."""
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, at most ``limit`` bytes: 413 by its Content-Length, or as it streams in.
+
+    Public for other routes mounted on this server (notebook 08's jobs API): a body read any
+    other way would skip the size limit that keeps one request from filling the memory.
+    """
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -453,7 +457,7 @@ def create_app(
     async def feedback(request: Request) -> dict[str, Any]:
         from helpers.monitor.log import FeedbackError
 
-        body = await _read_body(request, limits.max_body_bytes)
+        body = await read_body(request, limits.max_body_bytes)
         req = _parse_body(_FeedbackRequest, body, _FEEDBACK_EXAMPLE)
         if log is None:
             raise not_enabled("request log", "log=RequestLog(path)")
@@ -507,7 +511,7 @@ def create_app(
         return response
 
     async def chat(request: Request, request_id: str, exchange: Exchange | None) -> Response:
-        body = await _read_body(request, limits.max_body_bytes)
+        body = await read_body(request, limits.max_body_bytes)
         req: _ChatRequest = _parse_body(_ChatRequest, body, _CHAT_EXAMPLE)
         messages = [m.as_dict() for m in req.messages]
         if exchange is not None:
