@@ -147,6 +147,10 @@ class Worker(threading.Thread):
         ]  # fmt: skip
         if job["validation_file"]:
             argv += ["--validation-file", str(folder / "validation.jsonl")]
+        for key, value in (hp.get("lora") or {}).items():  # the training page's LoRA settings
+            argv += ["--lora", f"{key}={json.dumps(value)}"]
+        if hp.get("lr_scheduler_type"):
+            argv += ["--set", f"lr_scheduler_type={hp['lr_scheduler_type']}"]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "COURSE_JOB_ID": job_id}
         with open(folder / "train.log", "ab") as log:
             child = subprocess.Popen(
