@@ -19,6 +19,7 @@ from .cleaning import (
     normalize_text,
     set_system_prompt,
 )
+from .consistency import card_fields, conflict_fields, guideline_table, label_conflicts
 from .course import (
     ASSISTANT_NAME,
     ASSISTANT_NAME_EN,
@@ -87,11 +88,21 @@ from .lossmask import (
     trl_loss_options,
 )
 from .pipeline import PipelineResult, run_pipeline
+from .screening import REASONS as SCREEN_REASONS
+from .screening import screen_reasons, screen_rows, spot_check
 from .stats import LengthReport, length_report, length_stats, plot_length_histogram, token_lengths
 from .validation import DataError, Drop, DropReport, validate_messages, validate_rows
 
 __all__ = [
     "MODES",
+    "SCREEN_REASONS",
+    "card_fields",
+    "conflict_fields",
+    "guideline_table",
+    "label_conflicts",
+    "screen_reasons",
+    "screen_rows",
+    "spot_check",
     "LengthReport",
     "Mode",
     "length_report",
