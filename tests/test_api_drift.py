@@ -256,3 +256,25 @@ def test_what_helpers_jobs_relies_on_in_the_trainer_starlette_and_openai_still_e
     assert {"after", "limit"} <= set(inspect.signature(jobs.checkpoints.list).parameters)
     create = set(inspect.signature(jobs.create).parameters)
     assert {"method", "hyperparameters", "suffix", "seed", "metadata", "validation_file"} <= create
+
+
+def test_what_the_training_page_passes_to_gradio_still_exists():
+    """helpers/jobs/ui.py's ``gr.*`` components and keywords (Gradio renames between majors)."""
+    import gradio as gr
+
+    source = (REPO / "helpers" / "jobs" / "ui.py").read_text()
+    checked, problems = set(), []
+    for node in ast.walk(ast.parse(source)):
+        func = getattr(node, "func", None)
+        if not (isinstance(func, ast.Attribute) and getattr(func.value, "id", None) == "gr"):
+            continue
+        target = getattr(gr, func.attr, None)
+        if target is None:
+            problems.append(f"gr.{func.attr} is gone")
+            continue
+        allowed = _allowed_keywords(target) or set()
+        problems += [f"gr.{func.attr}({k.arg}=...)" for k in node.keywords if k.arg not in allowed]
+        checked.add(func.attr)
+    assert {"Timer", "LinePlot", "File", "Slider", "Radio", "Number", "Dropdown"} <= checked
+    assert not problems, "\n".join(problems)
+    assert callable(gr.Timer.tick) and callable(gr.Slider.change)  # the page's events

@@ -7,7 +7,8 @@
     >>> client.fine_tuning.jobs.create(model=jobs.base_model, training_file=file.id)
 
 :mod:`helpers.jobs.api` holds the routes, :mod:`helpers.jobs.validate` the checks,
-:mod:`helpers.jobs.worker` the training loop, :mod:`helpers.jobs.store` the SQLite state.
+:mod:`helpers.jobs.worker` the training loop, :mod:`helpers.jobs.store` the SQLite state,
+:mod:`helpers.jobs.ui` the training page (Gradio, on these routes).
 """
 
 from helpers.jobs.service import JobService
