@@ -3,6 +3,10 @@
     >>> from helpers.data import run_pipeline, raw_files, load_split
     >>> result = run_pipeline(raw_files(), test_rows=load_split("test"))
 
+Beyond cleaning: ``diversity`` (template clusters), ``screening`` (harmful / injection rules),
+``consistency`` (label conflicts, labelling guide), ``synthesis`` (checked augmentation) and
+``effect`` (balancing judged by per-intent recall after a short run).
+
 Token lengths after the chat template (``stats``) and which tokens carry loss, checked
 against TRL's own labels (``lossmask``), need a tokenizer:
 
@@ -63,6 +67,7 @@ from .diversity import (
     template_clusters,
     template_frame,
 )
+from .effect import BALANCE_MODES, balance_variants, per_intent_recall
 from .io import (
     detect_format,
     export_openai_chat,
@@ -91,11 +96,17 @@ from .pipeline import PipelineResult, run_pipeline
 from .screening import REASONS as SCREEN_REASONS
 from .screening import screen_reasons, screen_rows, spot_check
 from .stats import LengthReport, length_report, length_stats, plot_length_histogram, token_lengths
+from .synthesis import label_problems, synthesize
 from .validation import DataError, Drop, DropReport, validate_messages, validate_rows
 
 __all__ = [
     "MODES",
     "SCREEN_REASONS",
+    "BALANCE_MODES",
+    "balance_variants",
+    "per_intent_recall",
+    "label_problems",
+    "synthesize",
     "card_fields",
     "conflict_fields",
     "guideline_table",
