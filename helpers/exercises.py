@@ -160,6 +160,68 @@ def check_01_3(
     return True
 
 
+def check_01_4(
+    distance: float | None, ari: float | None, texts: list[str], truth: list[str]
+) -> bool:
+    """01 练习 4: re-cluster the templates at another distance and measure the recovery."""
+    if _unanswered(distance) or _unanswered(ari):
+        return False
+    from helpers.data import adjusted_rand_index, template_clusters
+    from helpers.data.diversity import TEMPLATE_DISTANCE
+
+    assert distance != TEMPLATE_DISTANCE, (
+        f"my_distance 还是默认值 {TEMPLATE_DISTANCE}。提示：换一个值，例如 0.5 或 0.95，"
+        "用 data.template_clusters(repo_texts, max_distance=...) 重新聚类。"
+    )
+    assert 0 < distance < 1, f"my_distance={distance}：余弦距离在 0 到 1 之间取值。"
+    default = template_clusters(texts)
+    mine = template_clusters(texts, max_distance=distance)
+    measured = adjusted_rand_index(mine, truth)
+    assert abs(ari - measured) < 1e-3, (
+        f"ARI {ari} 和重新测量的 {measured:.3f} 不一致。提示："
+        "data.adjusted_rand_index(你的簇, truth)，truth 是 REPO_TRAIN 每行的 meta.template。"
+    )
+    base = adjusted_rand_index(default, truth)
+    print(
+        f"✅ 正确：max_distance={distance} 得到 {len(set(mine))} 簇，ARI {measured:.3f}；"
+        f"默认 {TEMPLATE_DISTANCE} 是 {len(set(default))} 簇，ARI {base:.3f}。"
+        "\n距离小：一个模板被切成很多小簇；距离大：不同模板被并成一簇。两头的 ARI 都会下降。"
+    )
+    return True
+
+
+def check_01_5(
+    steps: tuple[str, ...] | None,
+    kept: int | None,
+    rows: list[dict],
+    test_rows: list[dict],
+    n: int = 300,
+    seed: int = 0,
+) -> bool:
+    """01 练习 5: synthesize with other steps and measure what the checks keep and why."""
+    if _unanswered(steps) or _unanswered(kept):
+        return False
+    from helpers.data.synthesis import STEPS, synthesize
+
+    steps = tuple(steps)
+    assert steps != STEPS, (
+        f'my_steps 还是默认的 {STEPS}。提示：去掉一步，例如 ("paraphrase", "compose")。'
+    )
+    assert set(steps) <= set(STEPS), f"只能从 {STEPS} 里选步骤，得到了 {steps}。"
+    default = synthesize(rows, n, seed=seed, test_rows=test_rows)
+    mine = synthesize(rows, n, seed=seed, steps=steps, test_rows=test_rows)
+    assert kept == len(mine.rows), (
+        f"{kept} 和重新测量的 {len(mine.rows)} 不一致。提示：data.synthesize(balanced, {n}, "
+        f"seed=SEED, steps=my_steps, test_rows=TEST)，保留行数是 len(结果.rows)。"
+    )
+    print(
+        f"✅ 正确：步骤 {steps} 保留 {len(mine.rows)} 行，淘汰原因 {mine.report.counts()}；"
+        f"默认三步保留 {len(default.rows)} 行，淘汰原因 {default.report.counts()}。"
+        "\n哪一步带来的改动最多？哪一步最常把提示词带进来、让答案对不上？"
+    )
+    return True
+
+
 def check_02_1(answer: int | None, model) -> bool:
     """02 练习 1: trainable LoRA parameters for r=32 on q_proj and v_proj, counted by hand."""
     if _unanswered(answer):

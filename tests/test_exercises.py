@@ -440,3 +440,33 @@ def test_08_2_checks_the_steps_of_a_job():
     assert exercises.check_08_2(12, 30, {"n_epochs": 3, "batch_size": 8}, tiny)
     with pytest.raises(AssertionError, match="步不对"):
         exercises.check_08_2(9, 30, {"n_epochs": 3, "batch_size": 8}, tiny)  # rounded down
+
+
+def test_01_4_measures_template_recovery_at_another_distance(capsys):
+    from helpers.data import adjusted_rand_index, load_split, template_clusters, user_text
+
+    rows = load_split("train")[:400]
+    texts, truth = [user_text(r) for r in rows], [r["meta"]["template"] for r in rows]
+    ari = adjusted_rand_index(template_clusters(texts, max_distance=0.5), truth)
+    assert exercises.check_01_4(None, None, texts, truth) is False
+    assert exercises.check_01_4(0.5, round(ari, 4), texts, truth)
+    assert "ARI" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match="默认值"):
+        exercises.check_01_4(0.8, ari, texts, truth)
+    with pytest.raises(AssertionError, match="不一致"):
+        exercises.check_01_4(0.5, ari + 0.1, texts, truth)
+
+
+def test_01_5_measures_synthesis_with_other_steps(capsys):
+    from helpers.data import load_split, synthesize
+
+    rows, test = load_split("train")[:200], load_split("test")
+    steps = ("paraphrase", "compose")
+    kept = len(synthesize(rows, 60, steps=steps, test_rows=test).rows)
+    assert exercises.check_01_5(None, None, rows, test, n=60) is False
+    assert exercises.check_01_5(steps, kept, rows, test, n=60)
+    assert "淘汰原因" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match="默认"):
+        exercises.check_01_5(("paraphrase", "compose", "noise"), kept, rows, test, n=60)
+    with pytest.raises(AssertionError, match="不一致"):
+        exercises.check_01_5(steps, kept + 1, rows, test, n=60)
