@@ -72,6 +72,7 @@ NEEDS = {
     "06": ("gguf",),
     "07": ("adapter",),
     "08": (),  # trains its own adapters from the shipped data
+    "09": (),  # trains every method from the base model on 01's data or the shipped data
     "10": ("adapter",),
 }
 # Minutes per notebook and profile: measured for tiny and cpu-demo (README), estimated on GPUs.
@@ -86,6 +87,7 @@ MINUTES = {
         "06": 1,
         "07": 2,
         "08": 2,
+        "09": 2,
         "10": 4,
         "11": 1,
     },
@@ -99,6 +101,7 @@ MINUTES = {
         "06": 2,
         "07": 15,
         "08": 15,
+        "09": 15,
         "10": 25,
         "11": 2,  # 11: its 2-process demo runs the tiny model on CPU everywhere
     },
@@ -112,6 +115,7 @@ MINUTES = {
         "06": 10,
         "07": 15,
         "08": 30,
+        "09": 25,
         "10": 40,
         "11": 2,
     },
@@ -125,6 +129,7 @@ MINUTES = {
         "06": 15,
         "07": 20,
         "08": 30,
+        "09": 30,
         "10": 60,
         "11": 2,
     },
