@@ -21,6 +21,10 @@ from helpers.serve.peft_backend import PeftBackend
 KEY = "jobs-key"
 TINY = get_profile("tiny")
 ROWS = [{"messages": r["messages"]} for r in load_split("train")[:12]]
+SKIPPED_TURN = [  # OpenAI's weight 0: shown as context, not trained on
+    {"role": "user", "content": "hi"},
+    {"role": "assistant", "content": "a reply not to learn", "weight": 0},
+]
 
 
 def jsonl(rows) -> bytes:
@@ -93,7 +97,11 @@ def test_bad_files_and_requests_are_refused_with_the_line_and_the_fix(server):
         (jsonl([{"messages": [{**chat["messages"][0], "weight": 1}, chat["messages"][1]]}]),
          "only assistant turns"),
         (jsonl([{"messages": [chat["messages"][0], {**chat["messages"][1], "weight": 0}]}]),
-         "drop the weight key"),
+         "nothing in this example is trained"),
+        (jsonl([{"messages": [chat["messages"][0], {**chat["messages"][1], "weight": "1"}]}]),
+         "messages[1].weight"),
+        (jsonl([{"messages": [chat["messages"][0], {**chat["messages"][1], "weight": True}]}]),
+         "messages[1].weight"),
         (jsonl([chat]) + b"\n" + jsonl([chat]), "line 2", "blank line"),
         ("中文".encode("gbk"), "UTF-8"),
         (b"", "no examples"),
@@ -147,7 +155,8 @@ def test_lifecycle_queue_cancel_restart_and_the_model_answers(tmp_path, backend)
     handle, client = serve(tmp_path, backend, save_steps=2)
     prompt_completion = [{"prompt": "q", "completion": "a"}] * 10
     try:
-        train = client.files.create(file=("train.jsonl", jsonl(ROWS)), purpose="fine-tune")
+        weighted = [{"messages": ROWS[0]["messages"] + SKIPPED_TURN}, *ROWS[1:]]
+        train = client.files.create(file=("train.jsonl", jsonl(weighted)), purpose="fine-tune")
         other = client.files.create(
             file=("pc.jsonl", jsonl(prompt_completion)), purpose="fine-tune"
         )
