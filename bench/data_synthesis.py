@@ -89,7 +89,8 @@ def main() -> None:
             return out
 
         if args.only in (None, "synthesis"):
-            synth = synthesize(balanced, args.synthetic, seed=args.seed, test_rows=test)
+            every_test = data.load_split("test")  # decontaminate against all of it
+            synth = synthesize(balanced, args.synthetic, seed=args.seed, test_rows=every_test)
             runs = {
                 "real": run("real", balanced),
                 "real+synthetic": run("synth", balanced + synth.rows),

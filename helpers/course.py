@@ -107,7 +107,7 @@ MINUTES = {
     },
     "t4": {
         "00": 5,
-        "01": 2,
+        "01": 4,  # 01 §8.1: the instruct model paraphrases 300 messages
         "02": 4,
         "03": 22,
         "04": 32,
@@ -121,7 +121,7 @@ MINUTES = {
     },
     "24g": {
         "00": 15,
-        "01": 2,
+        "01": 6,  # 01 §8.1: loading the 7B and 300 paraphrases
         "02": 5,
         "03": 30,
         "04": 38,
