@@ -161,13 +161,13 @@ def train_ui(
         """(status line, loss plot data, fine-tuned model name, timer still on?)."""
         if not job_id:
             return gr.skip(), gr.skip(), gr.skip(), gr.Timer(active=False)
-        job = client.fine_tuning.jobs.retrieve(job_id)
-        curve = loss_curve(client, job_id)
-        steps = [
-            e.data
-            for e in client.fine_tuning.jobs.list_events(job_id, limit=20)
-            if e.type == "metrics" and e.data
-        ]
+        try:
+            job = client.fine_tuning.jobs.retrieve(job_id)
+            curve = loss_curve(client, job_id)
+            events = client.fine_tuning.jobs.list_events(job_id, limit=20).data  # newest first
+        except openai.APIError as exc:  # the server went away: say so, stop polling
+            return failure(exc), gr.skip(), gr.skip(), gr.Timer(active=False)
+        steps = [e.data for e in events if e.type == "metrics" and e.data]
         done = f"step {steps[0]['step']}/{steps[0]['total_steps']}" if steps else "no step yet"
         loss = f", loss {curve[-1][1]:.4f}" if curve else ""
         error = f": {job.error.message}" if job.error and job.error.message else ""
@@ -187,8 +187,10 @@ def train_ui(
 
     def ask(prompt, tuned):
         """The same greedy question to the base and the fine-tuned model."""
-        if not tuned:
-            message = "⚠️ No fine-tuned model yet: wait until the job has succeeded."
+        if not tuned or not (prompt or "").strip():
+            message = "⚠️ " + (
+                "Type a prompt first." if tuned else "No fine-tuned model yet: wait for success."
+            )
             return message, message
         answers = []
         for model in (base_model, tuned):
