@@ -48,6 +48,8 @@ def test_a_weight_0_turn_gets_label_minus_100_exactly_on_its_tokens(tmp_path):
             assert label == unweighted["labels"][i], i
     assert weighted["labels"][second_start:second_end] == ids[second_start:second_end]
     assert unweighted["labels"][first_start:first_end] == ids[first_start:first_end]
+    _, shown = loss_mask({"messages": TURNS}, tokenizer, "assistant_only")  # 01's view agrees
+    assert shown == [int(label != IGNORE_INDEX) for label in weighted["labels"]]
 
 
 def test_weights_need_assistant_only_loss_and_one_span_per_turn():

@@ -6,7 +6,8 @@ Modes and the TRL 1.x options that produce them (``trl_loss_options`` returns th
   ``{"messages": ...}`` dataset and no masking option (``assistant_only_loss=False``).
 - ``"assistant_only"``: every assistant turn, from the ``{% generation %}`` spans of the chat
   template (content and end-of-turn token; the ``\\n`` after it is not). ``messages`` data
-  with ``SFTConfig(assistant_only_loss=True)``.
+  with ``SFTConfig(assistant_only_loss=True)``. A turn with OpenAI's ``"weight": 0`` is left
+  out (:func:`mask_unweighted_turns`, applied by ``helpers.sft.make_trainer``).
 - ``"last_turn"``: only the final assistant message. The sample becomes prompt-completion
   data, ``{"prompt": [all earlier messages], "completion": [the final assistant message]}``;
   ``completion_only_loss=None`` (the default) turns on for that format, ``True`` forces it.
@@ -97,6 +98,9 @@ def loss_mask(
         ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
         if 1 not in mask:
             raise ValueError("The template marked no assistant tokens; check its generation tags.")
+        if any(m.get("weight") == 0 for m in messages):  # as helpers.sft.make_trainer trains it
+            labels = [t if bit else IGNORE_INDEX for t, bit in zip(ids, mask, strict=True)]
+            mask = [int(t != IGNORE_INDEX) for t in mask_unweighted_turns(labels, messages)]
     else:
         prompt = _ids(tokenizer, messages[:-1], add_generation_prompt=True)["input_ids"]
         ids = list(_ids(tokenizer, messages)["input_ids"])
