@@ -29,7 +29,7 @@ from helpers.serve import (
     start_server,
     vllm_command,
 )
-from helpers.serve.server import VllmCommand
+from helpers.serve.vllm import VllmCommand
 
 KEY = secrets.token_urlsafe(24)
 HI = [{"role": "user", "content": "hello there"}]

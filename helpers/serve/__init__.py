@@ -24,9 +24,9 @@ from .server import (
     default_port,
     is_loopback,
     start_server,
-    vllm_command,
 )
 from .ui import chat_ui, launch_ui
+from .vllm import vllm_command
 
 __all__ = [
     "Backend",
