@@ -67,6 +67,23 @@ def remedy(name: str, base: str = "lora-all", lr_factor: float | None = None, **
     return replace(method, name=name, lr_factor=factor, train={**method.train, **train})
 
 
+def sweep_configurations() -> list[Method]:
+    """The full sweep: every method, then remedies on lora-all, then two more schedulers."""
+    return [
+        *METHODS.values(),  # lower rank: lora-all-r4
+        remedy("replay-10", replay_share=0.1),
+        remedy("replay-20", replay_share=0.2),
+        remedy("replay-40", replay_share=0.4),
+        remedy("kl-0.1", kl_weight=0.1),
+        remedy("kl-1", kl_weight=1.0),
+        remedy("ewc-1", ewc_weight=1.0),
+        remedy("ewc-100", ewc_weight=100.0),
+        remedy("lower-lr", lr_factor=0.3),
+        remedy("sched-linear", scheduler="linear"),
+        remedy("sched-constant", scheduler="constant"),
+    ]
+
+
 @dataclass(frozen=True)
 class Budget:
     """What every method gets (steps, batch) and how much each evaluation reads."""
@@ -195,17 +212,24 @@ def general_texts(rows: list[dict]) -> list[str]:
     return [f"问：{r['messages'][-2]['content']}\n答：{r['messages'][-1]['content']}" for r in rows]
 
 
+def load_test_rows(n: int) -> list[dict]:
+    """The first ``n`` held-out main-task rows (the slice every evaluation here reads)."""
+    from helpers.data import load_split
+
+    return load_split("test")[:n]
+
+
 def evaluate(model, tokenizer, profile: Profile, budget: Budget) -> dict[str, float]:
     """Task metrics and loss on a held-out slice, probe accuracy, loss on general text."""
     import math
 
     from helpers import evaluation
-    from helpers.data import load_probe, load_split
+    from helpers.data import load_probe
     from helpers.evaluation.metrics import task_scores
     from helpers.sft import replay_rows
 
     model.eval()
-    test = load_split("test")[: budget.task_rows]
+    test = load_test_rows(budget.task_rows)
     answers = evaluation.generate_batch(
         model, tokenizer, [evaluation.prompt_messages(r, profile) for r in test], 64, progress=False
     )
@@ -286,6 +310,29 @@ def make_method_trainer(
     )
 
 
+def prepare(method: Method, profile: Profile, budget: Budget, workdir, rows=None, path=None):
+    """(trainer, tokenizer, sizes): a fresh base model, restricted by ``method``, ready to train.
+
+    ``rows`` default to the SFT mix (:func:`helpers.sft.training_rows`, with the method's
+    replay share); ``sizes`` is :func:`trainable_table` before training (progressive: all).
+    """
+    import torch
+
+    from helpers.models import load_model
+    from helpers.sft import training_rows
+
+    torch.manual_seed(0)
+    model, tokenizer = load_model(profile, path=path)
+    model = build(model, method, profile)
+    sizes = trainable_table(model)
+    if rows is None:
+        rows, _ = training_rows(profile, replay_share=method.train.get("replay_share", 0.0))
+    trainer = make_method_trainer(
+        model, tokenizer, rows, method, profile, budget, Path(workdir) / method.name
+    )
+    return trainer, tokenizer, sizes
+
+
 def run_method(
     method: Method | str,
     profile: Profile,
@@ -293,26 +340,16 @@ def run_method(
     workdir: str | Path,
     budget: Budget | None = None,
     model_path: str | Path | None = None,
+    keep_model: bool = False,
 ) -> dict[str, Any]:
     """Load a fresh base model, train ``method`` at the budget, measure; one flat record.
 
     ``base`` is :func:`evaluate` of the untrained model: forgetting is measured against it.
+    ``keep_model`` adds the trained model under "model" (else it is freed with the trainer).
     """
-    import torch
-
-    from helpers.models import load_model
-    from helpers.sft import training_rows
-
     method = METHODS[method] if isinstance(method, str) else method
     budget = budget or budget_for(profile)
-    torch.manual_seed(0)
-    model, tokenizer = load_model(profile, path=model_path)
-    model = build(model, method, profile)
-    sizes = trainable_table(model)  # progressive: every weight trains by the end
-    rows, _ = training_rows(profile, replay_share=method.train.get("replay_share", 0.0))
-    trainer = make_method_trainer(
-        model, tokenizer, rows, method, profile, budget, Path(workdir) / method.name
-    )
+    trainer, tokenizer, sizes = prepare(method, profile, budget, workdir, path=model_path)
     start = time.perf_counter()
     with PeakMemory() as memory:
         trainer.train()
@@ -322,10 +359,11 @@ def run_method(
     return {
         "method": method.name,
         "kind": method.kind,
-        **{k: v for k, v in method.train.items()},
+        **method.train,
         "learning_rate": trainer.args.learning_rate,
         **sizes,
         "steps": trainer.state.global_step,
+        "training_rows": len(trainer.train_dataset),
         "train_seconds": seconds,
         "peak_memory_mb": memory.added_mb,
         "train_loss_first": losses[0],
@@ -333,5 +371,49 @@ def run_method(
         **after,
         "probe_drop": base["probe_accuracy"] - after["probe_accuracy"],
         "general_loss_change": after["general_loss"] - base["general_loss"],
+        "kl_last": _mean_last(trainer.penalties, "kl"),  # the KL remedy's term, last half
         "loss_curve": losses,
+        **({"model": trainer.model} if keep_model else {}),
     }
+
+
+def _mean_last(penalties: list[dict], key: str) -> float | None:
+    """Mean of a penalty over the second half of the steps (None when it was not used)."""
+    values = [p[key] for p in penalties if key in p]
+    return sum(values[len(values) // 2 :]) / len(values[len(values) // 2 :]) if values else None
+
+
+def train_method(
+    method: Method | str, profile: Profile, budget: Budget, workdir: str | Path, rows=None
+):
+    """Train ``method`` at the budget (on ``rows``, default the SFT mix); the trained trainer."""
+    method = METHODS[method] if isinstance(method, str) else method
+    trainer, _, _ = prepare(method, profile, budget, workdir, rows)
+    trainer.train()
+    return trainer
+
+
+def train_epochs(profile: Profile, budget: Budget, workdir, rows: int = 16, epochs: int = 3):
+    """lora-all for ``epochs`` epochs on ``rows`` training rows: loss per step, epoch of each.
+
+    The frame's ``attrs["boundaries"]`` holds the last step of each epoch but the final one.
+    """
+    import math
+
+    import pandas as pd
+
+    from helpers.sft import training_rows
+
+    data = training_rows(profile)[0][:rows]
+    trainer = train_method(
+        remedy(f"epochs-{epochs}", epochs=epochs), profile, budget, workdir, data
+    )
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    per_epoch = math.ceil(rows / budget.batch)
+    frame = pd.DataFrame(
+        {"loss": losses, "epoch": [1 + i // per_epoch for i in range(len(losses))]}
+    )
+    frame.index = range(1, len(losses) + 1)
+    frame.index.name = "step"
+    frame.attrs["boundaries"] = [per_epoch * e for e in range(1, epochs)]
+    return frame
