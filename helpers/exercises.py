@@ -609,6 +609,54 @@ def check_07_2(answer: float | None, model, tokenizer, profile, r2_test_replies,
     return True
 
 
+def check_09_1(answer: int | None, lora_model, dora_model) -> bool:
+    """09 练习 1: the parameters DoRA trains on top of LoRA (one magnitude per output feature)."""
+    if _unanswered(answer):
+        return False
+    from helpers.methods import trainable_table
+
+    extra = (
+        trainable_table(dora_model)["trainable_params"]
+        - trainable_table(lora_model)["trainable_params"]
+    )
+    per_layer = sum(
+        m.out_features
+        for n, m in dora_model.named_modules()
+        if n.endswith("base_layer") and hasattr(m, "out_features")
+    )
+    assert extra == per_layer, f"the models differ in more than use_dora: {extra} vs {per_layer}"
+    assert answer == extra, (
+        f"{answer} 不对。提示：DoRA 给每个被 LoRA 改到的线性层加一个长度向量，长度等于该层的 "
+        "out_features（不是 in_features，也不是 r）；两个模型的 trainable_params 之差就是答案。"
+    )
+    print(f"✅ 正确：DoRA 多训练 {extra} 个参数，每个被改到的线性层的每个输出维度一个。")
+    return True
+
+
+def check_09_2(strong: dict | None, weak: dict) -> bool:
+    """09 练习 2: a KL weight at least 5x larger keeps the model nearer the base (smaller KL)."""
+    if _unanswered(strong):
+        return False
+    assert strong.get("kl_weight", 0) >= 5 * weak["kl_weight"], (
+        f"kl_weight={strong.get('kl_weight')}：至少要是 {weak['kl_weight']} 的 5 倍；"
+        '用 methods.remedy("kl-strong", kl_weight=...) 造配置，其它都不改。'
+    )
+    same = ("kind", "steps", "trainable_params", "learning_rate", "training_rows")
+    differ = [k for k in same if strong[k] != weak[k]]
+    assert not differ, f"除了 kl_weight 还改了 {differ}：对照实验只改一个设置。"
+    assert strong["kl_last"] < weak["kl_last"], (
+        f"权重更大，训练后半段的 KL 反而没有变小（{strong['kl_last']:.2e} ≥ "
+        f"{weak['kl_last']:.2e}）：检查两次是否用了同样的 PROFILE、BUDGET 和 base。"
+    )
+    ratio = strong["kl_last"] / weak["kl_last"]
+    print(
+        f"✅ KL 权重 {weak['kl_weight']:g} → {strong['kl_weight']:g}：训练后半段的 KL 是原来的 "
+        f"{ratio:.2f} 倍，模型离基座更近；任务损失 {weak['task_loss']:.3f} → "
+        f"{strong['task_loss']:.3f}。"
+    )
+    return True
+
+
 def check_10_1(answer: float | None, margin: float) -> bool:
     """10 练习 1: the DPO (sigmoid) loss of one pair from its reward margin."""
     import math

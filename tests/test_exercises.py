@@ -349,6 +349,34 @@ def test_07_2_needs_an_adapter_trained_differently(tiny_dir, tmp_path):
     )
 
 
+def test_09_1_checks_the_extra_parameters_of_dora(tiny_dir):
+    from helpers import methods
+    from helpers.models import load_model
+    from helpers.profiles import get_profile
+
+    tiny = get_profile("tiny")
+    lora = methods.build(load_model(tiny, path=tiny_dir)[0], methods.METHODS["lora-all"], tiny)
+    dora = methods.build(load_model(tiny, path=tiny_dir)[0], methods.METHODS["dora"], tiny)
+    # tiny: 2 layers x (q 128, k 64, v 64, o 128, gate 384, up 384, down 128) output features
+    assert exercises.check_09_1(None, lora, dora) is False
+    assert exercises.check_09_1(2 * (128 + 64 + 64 + 128 + 384 + 384 + 128), lora, dora)
+    with pytest.raises(AssertionError, match="out_features"):
+        exercises.check_09_1(2 * 7 * 8, lora, dora)  # one per rank, not per output feature
+
+
+def test_09_2_wants_a_larger_kl_weight_and_a_smaller_kl():
+    weak = {"kind": "lora", "steps": 4, "trainable_params": 10, "learning_rate": 1e-3}
+    weak |= {"training_rows": 8, "kl_weight": 1.0, "kl_last": 0.02, "task_loss": 1.0}
+    assert exercises.check_09_2(None, weak) is False
+    assert exercises.check_09_2({**weak, "kl_weight": 10.0, "kl_last": 0.01}, weak)
+    with pytest.raises(AssertionError, match="5 倍"):
+        exercises.check_09_2({**weak, "kl_weight": 2.0, "kl_last": 0.01}, weak)
+    with pytest.raises(AssertionError, match="learning_rate"):
+        exercises.check_09_2({**weak, "kl_weight": 10.0, "learning_rate": 1e-4}, weak)
+    with pytest.raises(AssertionError, match="没有变小"):
+        exercises.check_09_2({**weak, "kl_weight": 10.0, "kl_last": 0.03}, weak)
+
+
 def test_10_1_checks_the_dpo_loss_from_the_margin():
     import math
 
