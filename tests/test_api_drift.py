@@ -278,3 +278,31 @@ def test_what_the_training_page_passes_to_gradio_still_exists():
     assert {"Timer", "LinePlot", "File", "Slider", "Radio", "Number", "Dropdown"} <= checked
     assert not problems, "\n".join(problems)
     assert callable(gr.Timer.tick) and callable(gr.Slider.change)  # the page's events
+
+
+def test_what_helpers_methods_relies_on_in_peft_and_the_trainer_still_exists():
+    """09's methods: the peft config fields each method sets, the adapter switch the KL remedy
+    uses as its reference, the Trainer's optimizer argument (progressive unfreezing) and the
+    schedulers it draws."""
+    from helpers import methods
+
+    kinds = {
+        "lora": peft.LoraConfig,
+        "prefix": peft.PrefixTuningConfig,
+        "prompt": peft.PromptTuningConfig,
+        "ia3": peft.IA3Config,
+    }
+    ours = {"alpha_per_r"}  # helpers.methods turns it into lora_alpha
+    for method in methods.METHODS.values():
+        if method.kind in kinds:
+            fields = {f.name for f in dataclasses.fields(kinds[method.kind])}
+            assert set(method.options) - ours <= fields, (method.name, method.options)
+    assert {"use_rslora", "use_dora", "lora_alpha", "target_modules"} <= {
+        f.name for f in dataclasses.fields(peft.LoraConfig)
+    }
+    assert peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=2).is_prompt_learning
+    assert hasattr(peft.PeftModel, "disable_adapter")
+    assert "optimizers" in inspect.signature(transformers.Trainer.__init__).parameters
+    assert "scheduler_specific_kwargs" in inspect.signature(transformers.get_scheduler).parameters
+    names = {s.value for s in transformers.SchedulerType}
+    assert {"linear", "constant", "cosine", "inverse_sqrt", "polynomial"} <= names
