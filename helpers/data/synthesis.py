@@ -141,7 +141,9 @@ def noise(rng: random.Random, text: str) -> str:
     return text
 
 
-def llm_paraphraser(model, tokenizer, max_new_tokens: int = 80) -> Callable[[list[str]], list[str]]:
+def llm_paraphraser(
+    model, tokenizer, max_new_tokens: int = 80, batch_size: int = 32
+) -> Callable[[list[str]], list[str]]:
     """Rewrite messages with an instruct model (greedy, batched): the GPU profiles' paraphrase."""
     from helpers.evaluation import generate_batch
 
@@ -152,7 +154,9 @@ def llm_paraphraser(model, tokenizer, max_new_tokens: int = 80) -> Callable[[lis
 
     def rewrite(texts: list[str]) -> list[str]:
         chats = [[{"role": "user", "content": instruction + t}] for t in texts]
-        replies = generate_batch(model, tokenizer, chats, max_new_tokens, progress=False)
+        replies = generate_batch(
+            model, tokenizer, chats, max_new_tokens, batch_size=batch_size, progress=False
+        )
         return [r.strip().splitlines()[0] if r.strip() else "" for r in replies]
 
     return rewrite
