@@ -7,14 +7,17 @@ profile, machine, date, budget, the base model's measurement and one record per 
 it is rewritten after every configuration, so a stopped run keeps what it measured. Notebook
 09 plots it and re-runs one configuration live to check it agrees.
 
-    python bench/methods_sweep.py --profile tiny        # ~5 min on 2 busy cores
-    python bench/methods_sweep.py --profile cpu-demo    # estimated ~60 min on 2 cores
-    python bench/methods_sweep.py --profile tiny --only lora-qv kl-1
+    python bench/methods_sweep.py --profile tiny        # 13 min on 2 busy cores (measured)
+    python bench/methods_sweep.py --profile cpu-demo    # ~55 min on 2 cores (estimated)
+    python bench/methods_sweep.py --profile tiny --only lora-qv kl-1   # -> ..._partial.json
 
-cpu-demo estimate (before a run): 03 measured ~7.4 s per step of 8 rows, so ~3.7 s per step
-of 4; 24 steps ≈ 90 s per LoRA configuration, ~2x for full fine-tuning and soft prompts (every
-weight's gradient; TRL's full-vocabulary head), +30% for the KL remedy (a second, no-grad
-forward); ~20 s of evaluation and loading each: 23 configurations ≈ 55-65 min.
+cpu-demo estimate (before any run): 03 measured ~7.4 s per step of 8 rows, so ~3.7 s per step
+of 4 and ~90 s for 24 steps; + ~25 s to load and evaluate. 16 LoRA-like configurations (IA3,
+replay, EWC, lower lr, schedulers among them) ~115 s each: 31 min; the KL remedy's no-grad
+second forward (+30%): 2 x 2.4 min; full, frozen-lower and progressive (every weight's
+gradient and AdamW state) ~2x: 3 x 3.4 min; prefix and prompt tuning take TRL's path, whose
+head projects every position (~10 s a step): 2 x 4.4 min. About 55 min in all; 90 min
+would mean steps 1.6x slower than this estimate.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", help="a profile name (default: the active profile)")
     parser.add_argument("--only", nargs="*", help="configuration names (default: all)")
-    parser.add_argument("--out", type=Path, help="results file (default: bench/results/...)")
+    parser.add_argument("--out", type=Path, help="results file (default: bench/results/)")
     args = parser.parse_args(argv)
     profile = get_profile(args.profile) if args.profile else active_profile()
     budget = methods.budget_for(profile)
@@ -64,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.only and len(chosen) != len(args.only):
         known = [c.name for c in methods.sweep_configurations()]
         parser.error(f"unknown configuration in {args.only}; choose from {known}")
-    out = args.out or RESULTS_DIR / f"methods_sweep_{profile.name}.json"
+    partial = "_partial" if args.only else ""  # a subset never overwrites the full sweep
+    out = args.out or RESULTS_DIR / f"methods_sweep_{profile.name}{partial}.json"
     model, tokenizer = load_model(profile)
     start = time.perf_counter()
     result = {

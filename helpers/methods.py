@@ -127,7 +127,7 @@ def peft_config(method: Method, profile: Profile):
         return PrefixTuningConfig(task_type="CAUSAL_LM", **options)
     if method.kind == "prompt":
         return PromptTuningConfig(task_type="CAUSAL_LM", **options)
-    if method.kind == "ia3":  # peft's defaults per architecture: k, v and the MLP's down_proj
+    if method.kind == "ia3":  # peft's defaults (Qwen2, Gemma 3): q, v and the MLP's down_proj
         return IA3Config(task_type="CAUSAL_LM", **options)
     return None
 
