@@ -21,6 +21,7 @@ def prompting_vs_finetuning(prompted: Mapping, tuned: Mapping, tuned_record: Map
 
     rows = {
         "cost: prompt tokens per request": (prompted["prompt_tokens"], tuned["prompt_tokens"]),
+        "cost: answer tokens per request": (prompted["answer_tokens"], tuned["answer_tokens"]),
         "cost: seconds per request": (
             prompted["seconds_per_request"],
             tuned["seconds_per_request"],

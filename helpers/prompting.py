@@ -50,7 +50,10 @@ def prompting_run(
     max_new_tokens: int = 64,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Task metrics of the answers, mean prompt tokens and mean seconds per request."""
+    """Task metrics of the answers, mean prompt and answer tokens, mean seconds per request.
+
+    The latency grows with the prompt (prefill) and with the answer (one step per token).
+    """
     from helpers.evaluation import generate_batch
     from helpers.evaluation.metrics import task_scores
 
@@ -76,6 +79,7 @@ def prompting_run(
         "field_accuracy": scores["field_accuracy"],
         "exact_match": scores["exact_match"],
         "prompt_tokens": sum(tokens) / len(tokens),
+        "answer_tokens": sum(len(tokenizer(a)["input_ids"]) for a in answers) / len(answers),
         "seconds_per_request": seconds,
         "answers": answers,
     }
