@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import secrets
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from pathlib import Path
 
 import openai
 
+from helpers.cpu import cpu_model
 from helpers.data import export_openai_chat, load_split, parse_answer, score_answers
 from helpers.jobs import JobService
 from helpers.monitor.registry import AdapterRegistry
@@ -150,7 +150,7 @@ def main() -> None:
     result = {
         "command": "python " + " ".join(sys.argv),
         "profile": profile.name,
-        "machine": f"{_cpu()}, {os.cpu_count()} cores",
+        "machine": f"{cpu_model()}, {os.cpu_count()} cores",
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "rows": args.rows,
         "trained_tokens": job.trained_tokens,
@@ -169,13 +169,6 @@ def main() -> None:
     print(text)
     if args.out:
         args.out.write_text(text + "\n", encoding="utf-8")
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.platform()
 
 
 if __name__ == "__main__":

@@ -25,16 +25,15 @@ import argparse
 import dataclasses
 import statistics
 import tempfile
-import threading
 import time
 from datetime import date
 
-import psutil
 import torch
 
 from helpers import models, sft
 from helpers.cpu import cpu_model
 from helpers.profiles import get_profile
+from helpers.resources import PeakMemory
 from helpers.vram import KNOWN_SHAPES, ModelShape
 
 
@@ -50,37 +49,6 @@ def matmul_peak(size: int = 2048, seconds: float = 3.0) -> float:
     if device == "cuda":
         torch.cuda.synchronize()
     return 2 * size**3 * runs / (time.perf_counter() - start)
-
-
-class PeakMemory:
-    """Memory a block adds at its peak: CUDA's allocator on a GPU, else the resident set
-    (sampled every 20 ms)."""
-
-    def __enter__(self):
-        self.cuda = torch.cuda.is_available()
-        if self.cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
-            return self
-        self.process, self.base, self.peak = psutil.Process(), psutil.Process().memory_info().rss, 0
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-        return self
-
-    def _watch(self) -> None:
-        while not self._done.wait(0.02):
-            self.peak = max(self.peak, self.process.memory_info().rss)
-
-    def __exit__(self, *exc) -> None:
-        if self.cuda:
-            torch.cuda.synchronize()
-            self.peak = torch.cuda.max_memory_allocated()
-        else:
-            self._done.set()
-            self._thread.join()
-        self.added_mb = max(self.peak - self.base, 0) / 2**20
 
 
 def load(profile, shape_id: str | None, workdir: str):

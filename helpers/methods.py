@@ -18,13 +18,13 @@ bottleneck (r) added beside the feed-forward block, linear instead of a ReLU in 
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from helpers.profiles import Profile
+from helpers.resources import PeakMemory
 
 
 @dataclass(frozen=True)
@@ -169,42 +169,6 @@ def trainable_table(model) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- measure
-
-
-class PeakMemory:
-    """Memory a block adds at its peak, in MB: CUDA's allocator on a GPU, else the RSS growth
-    (sampled every 20 ms; ``ru_maxrss`` only grows, so it cannot time one run of many)."""
-
-    def __enter__(self):
-        import psutil
-        import torch
-
-        self.cuda = torch.cuda.is_available()
-        if self.cuda:
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
-            return self
-        process = psutil.Process()
-        self.base = self.peak = process.memory_info().rss
-        self._done = threading.Event()
-
-        def watch():
-            while not self._done.wait(0.02):
-                self.peak = max(self.peak, process.memory_info().rss)
-
-        self._thread = threading.Thread(target=watch, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        import torch
-
-        if self.cuda:
-            self.peak = torch.cuda.max_memory_allocated()
-        else:
-            self._done.set()
-            self._thread.join()
-        self.added_mb = max(self.peak - self.base, 0) / 2**20
 
 
 def general_texts(rows: list[dict]) -> list[str]:

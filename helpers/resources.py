@@ -17,6 +17,7 @@ import json
 import math
 import os
 import struct
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -362,3 +363,39 @@ def plan_quantize_and_serve(
             }
         )
     return ResourcePlan(profile.name, n, rows)
+
+
+class PeakMemory:
+    """Memory a block adds at its peak, in MB: CUDA's allocator on a GPU, else the RSS growth
+    (sampled every 20 ms; ``ru_maxrss`` only grows, so it cannot time one run of many)."""
+
+    def __enter__(self):
+        import psutil
+        import torch
+
+        self.cuda = torch.cuda.is_available()
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+            return self
+        process = psutil.Process()
+        self.base = self.peak = process.memory_info().rss
+        self._done = threading.Event()
+
+        def watch():
+            while not self._done.wait(0.02):
+                self.peak = max(self.peak, process.memory_info().rss)
+
+        self._thread = threading.Thread(target=watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import torch
+
+        if self.cuda:
+            self.peak = torch.cuda.max_memory_allocated()
+        else:
+            self._done.set()
+            self._thread.join()
+        self.added_mb = max(self.peak - self.base, 0) / 2**20
