@@ -36,7 +36,7 @@ import openai
 
 from helpers.cpu import cpu_model
 from helpers.data import export_openai_chat, load_split, parse_answer, score_answers
-from helpers.jobs import JobService
+from helpers.jobs import JobService, worker
 from helpers.monitor.registry import AdapterRegistry
 from helpers.profiles import get_profile
 from helpers.serve import start_server
@@ -69,7 +69,14 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=320, help="03's mix size: 40 steps of 8")
     parser.add_argument("--answers", type=int, default=10, help="held-out questions to score")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
+    parser.add_argument(
+        "--training-nice",
+        type=int,
+        default=worker.TRAINING_NICE,
+        help="how much nicer the training child runs than the server (0: same priority)",
+    )
     args = parser.parse_args()
+    worker.TRAINING_NICE = args.training_nice
     profile = get_profile(args.profile)
     from helpers import models
 
@@ -153,6 +160,7 @@ def main() -> None:
         "machine": f"{cpu_model()}, {os.cpu_count()} cores",
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "rows": args.rows,
+        "training_nice": args.training_nice,
         "trained_tokens": job.trained_tokens,
         "direct_train_min": round(direct_s / 60, 2),
         "job_min": round(job_s / 60, 2),

@@ -5,6 +5,7 @@ model in a child process, a few steps per job.
 """
 
 import json
+import os
 import time
 
 import httpx
@@ -13,6 +14,8 @@ import pytest
 
 from helpers.data import load_split
 from helpers.jobs import JobService
+from helpers.jobs.store import Store
+from helpers.jobs.worker import training_niceness
 from helpers.monitor.registry import AdapterRegistry
 from helpers.profiles import get_profile
 from helpers.serve import start_server
@@ -210,13 +213,19 @@ def test_lifecycle_queue_cancel_restart_and_the_model_answers(tmp_path, backend)
         handle.stop()
 
 
-def test_cancel_stops_a_running_job_and_keeps_its_checkpoint(server):
+def test_cancel_stops_a_running_job_and_keeps_its_checkpoint(server, tmp_path):
     handle, client = server
     train = client.files.create(file=("train.jsonl", jsonl(ROWS)), purpose="fine-tune")
     job = client.fine_tuning.jobs.create(
         model=TINY.model_id, training_file=train.id, hyperparameters={"n_epochs": 20}
     )
     wait(client, job.id, has_checkpoint)
+    pid = Store(tmp_path / "jobs.sqlite3").get("jobs", job.id)["pid"]  # training yields the CPU
+    assert (
+        os.getpriority(os.PRIO_PROCESS, pid)
+        == training_niceness()
+        > os.getpriority(os.PRIO_PROCESS, 0)
+    )
     assert client.fine_tuning.jobs.cancel(job.id).id == job.id
     start = time.monotonic()
     done = wait(client, job.id, lambda j, c: j.status != "running", timeout_s=60)
