@@ -136,7 +136,7 @@ def test_dpo_config_defaults_on_tiny(tmp_path):
     config = dpo.dpo_config(TINY, tmp_path)
     assert (config.fp16, config.bf16, config.activation_checkpointing) == (False, False, False)
     assert (config.max_steps, config.per_device_train_batch_size, config.beta) == (4, 2, 0.1)
-    assert config.loss_type == ["sigmoid"] and config.learning_rate == TINY.learning_rate / 2
+    assert config.loss_type == ["sigmoid"] and config.learning_rate == TINY.learning_rate / 10
 
 
 @pytest.fixture(scope="module")
