@@ -365,9 +365,29 @@ def plan_quantize_and_serve(
     return ResourcePlan(profile.name, n, rows)
 
 
+def release_freed_memory() -> None:
+    """Hand memory that Python and torch have freed back to the OS (glibc's ``malloc_trim``).
+
+    glibc keeps freed blocks in the process for reuse, so after one training run a second one
+    in the same process grows its RSS by far less than it uses: measured here, 1.5 GB of
+    freed tensors stayed in the RSS until ``malloc_trim(0)`` returned them. Elsewhere
+    (macOS, Windows, musl) there is no such call and nothing happens.
+    """
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class PeakMemory:
     """Memory a block adds at its peak, in MB: CUDA's allocator on a GPU, else the RSS growth
-    (sampled every 20 ms; ``ru_maxrss`` only grows, so it cannot time one run of many)."""
+    (sampled every 20 ms; ``ru_maxrss`` only grows, so it cannot time one run of many). On a
+    CPU the baseline is taken after :func:`release_freed_memory`, so that memory an earlier
+    run freed is not silently reused and left out of this block's growth."""
 
     def __enter__(self):
         import psutil
@@ -378,6 +398,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats()
             self.base = torch.cuda.memory_allocated()
             return self
+        release_freed_memory()
         process = psutil.Process()
         self.base = self.peak = process.memory_info().rss
         self._done = threading.Event()

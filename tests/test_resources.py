@@ -1,13 +1,16 @@
-"""helpers.resources: memory from faked cgroup files, disk checks, sizes and the 05-06 plan."""
+"""helpers.resources: memory from faked cgroup files, disk checks, sizes, the 05-06 plan, and
+PeakMemory on a CPU."""
 
 from __future__ import annotations
 
 from collections import namedtuple
 
 import pytest
+import torch
 
 from helpers import env, resources
 from helpers.profiles import get_profile
+from helpers.resources import PeakMemory
 from helpers.vram import KNOWN_SHAPES
 
 GIB = resources.GIB
@@ -209,3 +212,16 @@ def test_plan_check_does_not_count_a_previous_run_twice(tmp_path):
     with open(tmp_path / "gguf" / "t4" / "model-q8_0.gguf", "wb") as handle:
         handle.truncate(7 * env.GB)  # sparse: takes no real space
     assert plan.check(tmp_path, platform="local", disk_usage=disk(5.0)) == pytest.approx(5.0)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU path: RSS growth")
+def test_peak_memory_counts_memory_an_earlier_block_freed():
+    def block():  # 4000 x 64 KiB = 250 MiB in blocks small enough for glibc's heap
+        blocks = [torch.ones(16, 1024) for _ in range(4000)]
+        del blocks
+
+    with PeakMemory() as first:
+        block()
+    with PeakMemory() as second:  # without malloc_trim it reuses first's freed heap: ~0 MB
+        block()
+    assert first.added_mb > 200 and second.added_mb > 200, (first.added_mb, second.added_mb)
