@@ -12,7 +12,8 @@ as 03 trains), scored on the test split by the intent the model finds most likel
   ``unseen template`` slices. Synthesis only rewrites seen templates; whether that helps on
   templates the model never saw is the question.
 * ``balance``: 01's cleaned rows before balancing under none / down / up / weight, per-intent
-  recall on the whole test split.
+  recall on the whole test split; then ``helpers.data.effect.LIVE_POINT``, the small run
+  notebook 01 repeats live and compares with this file.
 
 Results go to bench/results/data_synthesis-<profile>.json with the command, profile, machine
 and date; notebook 01 shows the cpu-demo file when it exists. On tiny (random weights) the
@@ -32,7 +33,7 @@ import time
 from pathlib import Path
 
 from helpers import data
-from helpers.data.effect import balance_variants, intent_of, run_variant
+from helpers.data.effect import balance_variants, intent_of, run_live_point, run_variant
 from helpers.data.synthesis import synthesize
 from helpers.profiles import get_profile
 
@@ -109,6 +110,9 @@ def main() -> None:
                 "rows": {mode: len(rows) for mode, rows in variants.items()},
                 "runs": {k: {x: v[x] for x in v if x != "predicted"} for k, v in runs.items()},
             }
+            live = run_live_point(profile, variants, data.load_split("test"), Path(tmp) / "live")
+            results["live_point"] = live  # with its predictions: notebook 01 re-runs it
+            print(f"live point: accuracy {live['accuracy']}", flush=True)
     results["seconds"] = round(time.time() - started)
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"data_synthesis-{profile.name}.json"

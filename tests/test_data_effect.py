@@ -65,3 +65,18 @@ def test_predictions_follow_the_likelihood(tiny_dir):
             out = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels]))
         nll[intent] = out.loss.item() * (sum(mask[1:]))
     assert predicted == min(nll, key=nll.get)
+
+
+def test_the_live_point_agrees_only_within_its_tolerance():
+    from helpers.data.effect import live_agreement
+
+    truth = ["refund"] * 38 + ["invoice"] * 2
+    stored = {"predicted": truth, "accuracy": 0.5, "trained_mix": {"refund": 4, "invoice": 4}}
+    two_flips = {**stored, "predicted": ["invoice"] * 2 + truth[2:]}  # 5% of 40 rows
+    assert live_agreement(two_flips, stored)["agrees"]
+    three_flips = {**stored, "predicted": ["invoice"] * 3 + truth[3:]}
+    assert not live_agreement(three_flips, stored)["agrees"]
+    other_mix = {**stored, "trained_mix": {"refund": 5, "invoice": 3}}
+    check = live_agreement(other_mix, stored)
+    assert not check["agrees"] and not check["same training mix"]
+    assert not live_agreement({**stored, "accuracy": 0.6}, stored)["agrees"]

@@ -67,7 +67,14 @@ from .diversity import (
     template_clusters,
     template_frame,
 )
-from .effect import BALANCE_MODES, balance_variants, per_intent_recall
+from .effect import (
+    BALANCE_MODES,
+    LIVE_POINT,
+    balance_variants,
+    live_agreement,
+    per_intent_recall,
+    run_live_point,
+)
 from .io import (
     detect_format,
     export_openai_chat,
@@ -103,7 +110,10 @@ __all__ = [
     "MODES",
     "SCREEN_REASONS",
     "BALANCE_MODES",
+    "LIVE_POINT",
     "balance_variants",
+    "live_agreement",
+    "run_live_point",
     "per_intent_recall",
     "label_problems",
     "synthesize",
