@@ -16,7 +16,7 @@ as 03 trains), scored on the test split by the intent the model finds most likel
   notebook 01 repeats live and compares with this file.
 
 Results go to bench/results/data_synthesis-<profile>.json with the command, profile, machine
-and date; notebook 01 shows the cpu-demo file when it exists. On tiny (random weights) the
+and date; notebook 01 shows the active profile's file when it exists. On tiny (random weights) the
 numbers only prove the code runs.
 """
 
