@@ -127,7 +127,8 @@ def run_variant(
 
 
 # The point of bench/data_synthesis.py that notebook 01 re-runs live: 01's own choice (down),
-# at a budget that fits the lesson (about 1.5 min on cpu-demo), on the first test rows.
+# at a budget that fits the lesson (~1.5 min on cpu-demo, estimated from 03's step time),
+# on the first test rows.
 LIVE_POINT = {"variant": "down", "max_steps": 8, "test_rows": 40}
 
 
