@@ -38,17 +38,29 @@ def prompting_vs_finetuning(prompted: Mapping, tuned: Mapping, tuned_record: Map
 
 
 def agreement(live: Mapping, stored: Mapping, tolerance: float = 0.02):
-    """Live vs stored: parameters equal, each loss within ``tolerance`` (relative)."""
+    """Live vs stored: same training data, parameters equal, each loss within ``tolerance``.
+
+    The data row (:func:`helpers.methods.data_fingerprint`) comes first when the stored file
+    has it: losses from different rows cannot agree, and that row says why. Files written
+    before the fingerprint existed lack it; there the losses alone decide.
+    """
     import pandas as pd
 
-    rows = [
+    rows = []
+    data_key = "training_data_sha256"
+    if isinstance(stored.get(data_key), str):
+        same = live[data_key] == stored[data_key]
+        rows.append(
+            {"metric": data_key, "live": live[data_key], "stored": stored[data_key], "agrees": same}
+        )
+    rows.append(
         {
             "metric": "trainable_params",
             "live": live["trainable_params"],
             "stored": stored["trainable_params"],
             "agrees": int(live["trainable_params"]) == int(stored["trainable_params"]),
         }
-    ]
+    )
     for key in LOSSES:
         diff = abs(live[key] - stored[key]) / abs(stored[key])
         rows.append(

@@ -18,6 +18,8 @@ bottleneck (r) added beside the feed-forward block, linear instead of a ReLU in 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -297,6 +299,18 @@ def prepare(method: Method, profile: Profile, budget: Budget, workdir, rows=None
     return trainer, tokenizer, sizes
 
 
+def data_fingerprint(dataset) -> str:
+    """The first 12 hex digits of SHA-256 over the token ids a trainer trains on, in order.
+
+    Two runs with the same fingerprint trained on the same rows, templated and tokenized the
+    same way; a stored result is only comparable with a live run when they share it.
+    """
+    digest = hashlib.sha256()
+    for ids in dataset["input_ids"]:
+        digest.update(json.dumps(ids).encode())
+    return digest.hexdigest()[:12]
+
+
 def run_method(
     method: Method | str,
     profile: Profile,
@@ -328,6 +342,7 @@ def run_method(
         **sizes,
         "steps": trainer.state.global_step,
         "training_rows": len(trainer.train_dataset),
+        "training_data_sha256": data_fingerprint(trainer.train_dataset),
         "train_seconds": seconds,
         "peak_memory_mb": memory.added_mb,
         "train_loss_first": losses[0],

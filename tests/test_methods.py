@@ -114,3 +114,24 @@ def test_ewc_fisher_is_mean_one_over_the_trainable_parameters(tiny_dir):
     flat = torch.cat([f.flatten() for f in ewc.fisher.values()])
     assert set(ewc.fisher) == {n for n, p in model.named_parameters() if p.requires_grad}
     assert flat.mean().item() == pytest.approx(1.0, rel=1e-5)
+
+
+def test_the_fingerprint_tells_training_data_apart_and_the_agreement_says_so(
+    tiny_dir, rows, tmp_path
+):
+    from helpers.method_reports import agreement
+
+    same = _trainer(tiny_dir, rows, methods.METHODS["lora-qv"], tmp_path / "a")
+    again = _trainer(tiny_dir, rows, methods.METHODS["lora-qv"], tmp_path / "b")
+    other = _trainer(tiny_dir, rows[::-1], methods.METHODS["lora-qv"], tmp_path / "c")
+    fingerprint = methods.data_fingerprint(same.train_dataset)
+    assert fingerprint == methods.data_fingerprint(again.train_dataset)
+    assert fingerprint != methods.data_fingerprint(other.train_dataset)  # same rows, new order
+    stored = {"trainable_params": 10, "train_loss_last": 1.0, "task_loss": 2.0, "general_loss": 3.0,
+              "training_data_sha256": fingerprint}  # fmt: skip
+    table = agreement({**stored, "training_data_sha256": "0" * 12}, stored)
+    assert list(table.index)[0] == "training_data_sha256" and not table["agrees"].iloc[0]
+    assert agreement(dict(stored), stored)["agrees"].all()
+    older = {k: v for k, v in stored.items() if k != "training_data_sha256"}  # before the field
+    assert "training_data_sha256" not in agreement(stored, older).index
+    assert not agreement({**stored, "task_loss": 2.1}, older)["agrees"].all()
