@@ -7,8 +7,13 @@ profile, machine, date, budget, the base model's measurement and one record per 
 it is rewritten after every configuration, so a stopped run keeps what it measured. Notebook
 09 plots it and re-runs one configuration live to check it agrees.
 
-    python bench/methods_sweep.py --profile tiny        # 13 min on 2 busy cores (measured)
-    python bench/methods_sweep.py --profile cpu-demo    # ~55 min on 2 cores (estimated)
+Run notebook 01 first, with the same COURSE_OUTPUTS: like 03 and 09, the sweep trains on 01's
+cleaned split when it exists (else on data/main/). The file says which (``training_data``),
+and every record carries ``training_data_sha256`` (:func:`helpers.methods.data_fingerprint`),
+so 09's live re-run can tell different data from a disagreement.
+
+    python bench/methods_sweep.py --profile tiny        # 0.5 min on 2 cores (measured)
+    python bench/methods_sweep.py --profile cpu-demo    # 51.5 min on 2 cores (measured)
     python bench/methods_sweep.py --profile tiny --only lora-qv kl-1   # -> ..._partial.json
 
 cpu-demo estimate (before any run): 03 measured ~7.4 s per step of 8 rows, so ~3.7 s per step
@@ -35,8 +40,10 @@ from pathlib import Path
 import torch
 
 from helpers import methods
+from helpers.course import outputs_dir
 from helpers.models import load_model
 from helpers.profiles import active_profile, get_profile
+from helpers.sft import training_rows
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -77,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "budget": budget.__dict__,
+        "training_data": training_rows(profile)[1].replace(str(outputs_dir()), "<outputs>"),
         "base": methods.evaluate(model, tokenizer, profile, budget),
         "records": [],
     }
