@@ -1,6 +1,6 @@
 """Measure notebook 01's data decisions by their effect after a short LoRA run.
 
-    python bench/data_synthesis.py --profile cpu-demo          # both experiments, ~40 min
+    python bench/data_synthesis.py --profile cpu-demo          # both experiments, 46 min (measured)
     python bench/data_synthesis.py --profile tiny --max-steps 10 --test-rows 40   # smoke test
 
 Two experiments, each a fresh LoRA run per variant (the profile's steps and train_samples,

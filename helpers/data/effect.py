@@ -127,7 +127,7 @@ def run_variant(
 
 
 # The point of bench/data_synthesis.py that notebook 01 re-runs live: 01's own choice (down),
-# at a budget that fits the lesson (~1.5 min on cpu-demo, estimated from 03's step time),
+# at a budget that fits the lesson (1.1 min on cpu-demo, measured 2026-12-02 on 2 cores),
 # on the first test rows.
 LIVE_POINT = {"variant": "down", "max_steps": 8, "test_rows": 40}
 
